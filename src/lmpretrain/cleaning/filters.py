@@ -64,6 +64,7 @@ class DocStats:
 
     def __init__(self, text: str):
         self.text = text
+        self._occurrences: dict[int, np.ndarray] = {}
 
     @cached_property
     def words(self) -> list[str]:
@@ -77,6 +78,23 @@ class DocStats:
     def word_ids(self) -> np.ndarray:
         vocab: dict[str, int] = {}
         return np.array([vocab.setdefault(w, len(vocab)) for w in self.words], dtype=np.uint64)
+
+    def ngram_occurrences(self, n: int) -> np.ndarray:
+        """For each n-gram start position, how often that n-gram occurs in the document (memoized).
+        A repeated (n+1)-gram contains a repeated n-gram, so once some m <= n has no repeats,
+        neither has n: most documents skip the larger sizes entirely."""
+        if n not in self._occurrences:
+            ids = self.word_ids
+            if len(ids) < n or any(m < n and occ.max(initial=0) < 2 for m, occ in self._occurrences.items()):
+                self._occurrences[n] = np.ones(max(len(ids) - n + 1, 0), dtype=np.int64)
+            else:
+                # Polynomial hash of the n word ids (uint64 wraps); collisions are negligible here.
+                keys = np.zeros(len(ids) - n + 1, dtype=np.uint64)
+                for k in range(n):
+                    keys = keys * np.uint64(1_000_003) + ids[k : len(ids) - n + 1 + k]
+                _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+                self._occurrences[n] = counts[inverse]
+        return self._occurrences[n]
 
     @cached_property
     def lines(self) -> list[str]:
@@ -120,22 +138,9 @@ def duplicate_fractions(items: list[str]) -> tuple[float, float]:
     return dup_items / max(len(items), 1), dup_chars / max(total_chars, 1)
 
 
-def _ngram_occurrences(doc: DocStats, n: int) -> np.ndarray:
-    """For each n-gram start position, how often that n-gram occurs in the document."""
-    ids = doc.word_ids
-    if len(ids) < n:
-        return np.zeros(0, dtype=np.int64)
-    # Polynomial hash of the n word ids (uint64 wraps); collisions are negligible at this size.
-    keys = np.zeros(len(ids) - n + 1, dtype=np.uint64)
-    for k in range(n):
-        keys = keys * np.uint64(1_000_003) + ids[k : len(ids) - n + 1 + k]
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    return counts[inverse]
-
-
 def top_ngram_char_fraction(doc: DocStats, n: int) -> float:
     """Characters in all occurrences of the most frequent repeated n-gram / all word characters."""
-    occ = _ngram_occurrences(doc, n)
+    occ = doc.ngram_occurrences(n)
     if occ.size == 0 or occ.max() < 2:
         return 0.0
     start = int(np.argmax(occ))
@@ -145,7 +150,7 @@ def top_ngram_char_fraction(doc: DocStats, n: int) -> float:
 
 def duplicate_ngram_char_fraction(doc: DocStats, n: int) -> float:
     """Characters of words inside any repeated n-gram (overlaps counted once) / all word characters."""
-    occ = _ngram_occurrences(doc, n)
+    occ = doc.ngram_occurrences(n)
     if occ.size == 0:
         return 0.0
     starts = np.flatnonzero(occ >= 2)

@@ -19,6 +19,8 @@ class LangIdConfig:
     languages: list[str] = field(default_factory=lambda: ["en"])  # ISO 639-1 codes to keep; [] keeps all
     min_confidence: float = 0.0  # normalized probability of the top language
     max_chars: int = 2000  # the head of a document decides its language; long texts cost more
+    min_chars: int = 0  # shorter documents are not judged (language "und", kept): a few words
+    #                     ("All: Come, come.") do not identify a language and get misread as Latin
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_confidence <= 1.0:
@@ -48,10 +50,17 @@ def supported_languages() -> list[str]:
     return sorted(set(_identifier().nb_classes))
 
 
-def detect_language(text: str, max_chars: int = 2000) -> Language:
+UNDETERMINED = Language("und", 0.0)
+
+
+def detect_language(text: str, max_chars: int = 2000, min_chars: int = 0) -> Language:
+    if len(text) < min_chars:
+        return UNDETERMINED
     code, prob = _identifier().classify(text[:max_chars])
     return Language(code, float(prob))
 
 
 def keep_language(lang: Language, cfg: LangIdConfig) -> bool:
+    if lang is UNDETERMINED:
+        return True
     return (not cfg.languages or lang.code in cfg.languages) and lang.confidence >= cfg.min_confidence
