@@ -1,0 +1,3 @@
+from lmpretrain.callbacks.throughput import TokenThroughput
+
+__all__ = ["TokenThroughput"]

@@ -1,0 +1,157 @@
+"""`PackedTextDataModule`: plain-text / jsonl files -> tokenizer -> packed blocks, streamed.
+
+`prepare_data` (once, on local rank 0) resolves and verifies the files, trains or loads the
+tokenizer, and tokenizes each split into a cached token file; `setup` memory-maps them. The
+corpus is never held in memory. The module's `state_dict` records how many training batches
+were consumed, so a checkpoint taken mid-epoch resumes with exactly the next batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from lmpretrain.data.corpus import SPLITS, TextSource, corpus_fingerprint, resolve_files
+from lmpretrain.data.packed import PackedBlocks, read_meta, token_dtype, write_token_file
+from lmpretrain.errors import ConfigError, DataError
+from lmpretrain.paths import cache_root, data_root
+from lmpretrain.tokenizers.build import TokenizerConfig, load_or_train_tokenizer, tokenizer_fingerprint
+
+
+class PackedTextDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        files: list[str],
+        tokenizer: dict | None = None,
+        block_size: int = 256,
+        batch_size: int = 12,
+        field: str = "text",
+        split: str = "tail",
+        val_fraction: float = 0.1,
+        num_workers: int = 0,
+        seed: int = 0,
+        data_dir: str | None = None,
+        cache_dir: str | None = None,
+        checksums: dict[str, str] | None = None,
+        urls: dict[str, str] | None = None,
+    ):
+        super().__init__()
+        if split not in ("tail", "hash"):
+            raise ConfigError(f"data.split={split!r} must be 'tail' or 'hash'")
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={val_fraction} must be in (0, 1)")
+        self.files, self.field, self.split, self.val_fraction = list(files), field, split, val_fraction
+        self.tokenizer_cfg = TokenizerConfig(**(tokenizer or {}))
+        self.block_size, self.batch_size, self.num_workers, self.seed = block_size, batch_size, num_workers, seed
+        self.data_dir = Path(data_dir) if data_dir else data_root()
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
+        self.checksums, self.urls = dict(checksums or {}), dict(urls or {})
+        self.tokenizer = None
+        self.tokenizer_path: Path | None = None
+        self.token_files: dict[str, Path] = {}
+        self.dtype = None
+        self.train_batches_seen = 0  # checkpointed: the resume position of the training stream
+
+    # -- preparation -------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        self.prepare_data()
+        return self.tokenizer.get_vocab_size()
+
+    @property
+    def eos_id(self) -> int | None:
+        eos = self.tokenizer_cfg.eos_token
+        return None if eos is None else self.tokenizer.token_to_id(eos)
+
+    def prepare_data(self) -> None:
+        """Idempotent and cached: a second call (or a second rank) only opens the cache."""
+        if self.token_files:
+            return
+        paths = resolve_files(self.files, self.data_dir, self.cache_dir, self.checksums, self.urls)
+        source = TextSource(paths, self.field, self.split, self.val_fraction)
+        fingerprint = corpus_fingerprint(paths)
+        self.tokenizer, self.tokenizer_path = load_or_train_tokenizer(
+            self.tokenizer_cfg, lambda: source.texts("train"), fingerprint, self.cache_dir / "tokenizers"
+        )
+        if self.tokenizer_cfg.eos_token is not None and self.eos_id is None:
+            raise ConfigError(
+                f"tokenizer has no {self.tokenizer_cfg.eos_token!r} token; set tokenizer.eos_token to one it has, or null"
+            )
+        self.dtype = token_dtype(self.tokenizer.get_vocab_size())
+        key = hashlib.sha256(
+            json.dumps(
+                [fingerprint, tokenizer_fingerprint(self.tokenizer), self.field, self.split, self.val_fraction,
+                 self.eos_id, asdict(self.tokenizer_cfg)],
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()[:16]
+        folder = self.cache_dir / "tokens" / key
+        meta_path = folder / "meta.json"
+        meta = read_meta(meta_path)
+        if meta is None:
+            counts = {
+                part: write_token_file(source.pieces(part), self.tokenizer, self.eos_id, folder / f"{part}.bin", self.dtype)
+                for part in SPLITS
+            }
+            meta = {"files": [str(p) for p in paths], "tokens": counts, "dtype": self.dtype.name}
+            tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(meta, indent=2))
+            os.replace(tmp, meta_path)  # written last: its presence means the token files are complete
+        for part in SPLITS:
+            if meta["tokens"][part] == 0:
+                what = "the corpus is empty" if part == "train" else "the validation split is empty"
+                raise DataError(f"{what} ({', '.join(map(str, paths))}); add text or raise data.val_fraction")
+        self.token_files = {part: folder / f"{part}.bin" for part in SPLITS}
+        self.token_counts = meta["tokens"]
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
+
+    # -- loaders -----------------------------------------------------------------------------
+    def _dataset(self, part: str) -> PackedBlocks:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return PackedBlocks(
+            self.token_files[part],
+            self.dtype.name,
+            self.block_size,
+            self.batch_size,
+            shuffle=part == "train",
+            seed=self.seed,
+            start_batch=self.train_batches_seen if part == "train" else 0,
+            rank=rank,
+            world_size=world,
+        )
+
+    def _loader(self, part: str) -> DataLoader:
+        return DataLoader(
+            self._dataset(part),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    # -- exact resume ------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training:
+            self.train_batches_seen += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"train_batches_seen": self.train_batches_seen}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_batches_seen = int(state_dict["train_batches_seen"])

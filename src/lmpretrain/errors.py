@@ -1,0 +1,57 @@
+"""User-facing errors.
+
+Anything the user can fix (a missing corpus, a bad option, a diverged run) raises a subclass of
+`LMPretrainError`. Entrypoints catch it and print one line, `error: <message>`, and exit non-zero,
+instead of a traceback wall. The message must name the problem *and* the fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+
+class LMPretrainError(Exception):
+    """A problem with the user's input or configuration; the message says how to fix it."""
+
+
+class ConfigError(LMPretrainError):
+    """A config value that cannot work (checked before training starts)."""
+
+
+class DataError(LMPretrainError):
+    """A corpus that is missing, empty, unreadable or not UTF-8."""
+
+
+class TrainingDivergedError(LMPretrainError):
+    """The loss became NaN/inf; earlier checkpoints are left untouched."""
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def find_user_error(e: BaseException | None) -> LMPretrainError | None:
+    """The LMPretrainError behind `e`, also when a library wrapped it (Hydra's instantiate does)."""
+    while e is not None:
+        if isinstance(e, LMPretrainError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def exit_on_user_error(fn: F) -> F:
+    """Wrap an entrypoint so user errors end with one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            user_error = find_user_error(e)
+            if user_error is None:
+                raise
+            print(f"error: {user_error}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,3 @@
+from lmpretrain.metrics.perplexity import TokenNLL
+
+__all__ = ["TokenNLL"]

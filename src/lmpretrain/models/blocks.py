@@ -1,0 +1,132 @@
+"""Transformer building blocks shared by the decoder, encoder and encoder-decoder.
+
+A block reads like the math: `h = x + attn(norm(x)); out = h + mlp(norm(h))` (pre-norm).
+Attention uses `F.scaled_dot_product_attention`, so the fused kernels (flash / memory-efficient
+on GPU) are picked automatically.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+POSITIONS = ("learned", "sinusoidal", "rotary")
+
+
+def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
+    """The fixed sin/cos position table of "Attention Is All You Need": (n_positions, dim)."""
+    pos = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(n_positions, dim)
+    table[:, 0::2] = torch.sin(pos * inv_freq)
+    table[:, 1::2] = torch.cos(pos * inv_freq[: dim // 2])
+    return table
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE, Su et al. 2021), applied to queries and keys."""
+
+    def __init__(self, head_dim: int, max_positions: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)  # (T, hs/2)
+        # Not persistent: derived from the config, so checkpoints stay free of them.
+        self.register_buffer("cos", freqs.cos(), persistent=False)
+        self.register_buffer("sin", freqs.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, nh, T, hs) -> same shape, each (even, odd) pair rotated by its position's angle."""
+        T = x.size(-2)
+        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return out.flatten(-2)
+
+
+class Attention(nn.Module):
+    """Multi-head attention: self-attention when `kv` is None, cross-attention otherwise."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, rotary: Rotary | None = None):
+        super().__init__()
+        assert n_embd % n_head == 0
+        self.n_head, self.dropout = n_head, dropout
+        self.q = nn.Linear(n_embd, n_embd, bias=bias)
+        self.kv = nn.Linear(n_embd, 2 * n_embd, bias=bias)
+        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.rotary = rotary
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        return x.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv: torch.Tensor | None = None,
+        causal: bool = False,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, C); kv: (B, S, C) or None; mask: bool (B, 1, T|1, S), True = may attend."""
+        B, T, C = x.shape
+        q = self._heads(self.q(x))
+        k, v = (self._heads(t) for t in self.kv(x if kv is None else kv).split(C, dim=2))
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int, hidden: int, dropout: float, bias: bool):
+        super().__init__()
+        self.fc = nn.Linear(n_embd, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Transformer layer; `cross=True` adds encoder-decoder cross-attention (T5/Transformer decoder).
+
+    `pre_norm=True` (GPT-2, T5): h = x + attn(norm(x)). `pre_norm=False` (original BERT):
+    h = norm(x + attn(x)).
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        mlp_ratio: int = 4,
+        rotary: Rotary | None = None,
+        cross: bool = False,
+        pre_norm: bool = True,
+        norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.pre_norm = pre_norm
+        self.norm1 = nn.LayerNorm(n_embd, eps=norm_eps, bias=bias)
+        self.attn = Attention(n_embd, n_head, dropout, bias, rotary)
+        self.cross_norm = nn.LayerNorm(n_embd, eps=norm_eps, bias=bias) if cross else None
+        self.cross_attn = Attention(n_embd, n_head, dropout, bias) if cross else None
+        self.norm2 = nn.LayerNorm(n_embd, eps=norm_eps, bias=bias)
+        self.mlp = MLP(n_embd, mlp_ratio * n_embd, dropout, bias)
+
+    def _sublayer(self, x, norm, fn):
+        return x + fn(norm(x)) if self.pre_norm else norm(x + fn(x))
+
+    def forward(self, x, causal=False, mask=None, memory=None, memory_mask=None):
+        x = self._sublayer(x, self.norm1, lambda h: self.attn(h, causal=causal, mask=mask))
+        if self.cross_attn is not None:
+            x = self._sublayer(x, self.cross_norm, lambda h: self.cross_attn(h, kv=memory, mask=memory_mask))
+        return self._sublayer(x, self.norm2, self.mlp)

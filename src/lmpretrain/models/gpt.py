@@ -1,0 +1,127 @@
+"""GPT-style decoder: token (+ position) embeddings, pre-norm blocks, tied LM head.
+
+A plain `nn.Module` configured by `GPTConfig`; no Lightning or Hydra in here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmpretrain.errors import ConfigError
+from lmpretrain.models.blocks import POSITIONS, Block, Rotary, sinusoidal_table
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 0  # 0 = taken from the tokenizer at build time
+    block_size: int = 256  # longest sequence (context) the positions cover
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    mlp_ratio: int = 4
+    position: str = "learned"  # learned | sinusoidal | rotary
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.n_embd % self.n_head:
+            problems.append(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
+        if self.position not in POSITIONS:
+            problems.append(f"model.position={self.position!r} must be one of {POSITIONS}")
+        if self.position == "rotary" and (self.n_embd // self.n_head) % 2:
+            problems.append("model.position=rotary needs an even head size (n_embd / n_head)")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"model.dropout={self.dropout} must be in [0, 1)")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.vocab_size <= 0:
+            raise ConfigError("model.vocab_size is unset; it comes from the tokenizer (build via train())")
+        self.config = c = config
+        self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
+        self.pos_emb = nn.Embedding(c.block_size, c.n_embd) if c.position == "learned" else None
+        if c.position == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(c.block_size, c.n_embd), persistent=False)
+        rotary = Rotary(c.head_dim, c.block_size) if c.position == "rotary" else None
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            Block(c.n_embd, c.n_head, c.dropout, c.bias, c.mlp_ratio, rotary=rotary) for _ in range(c.n_layer)
+        )
+        self.norm = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the residual stream's
+        # variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.pos_emb is not None:
+            n -= self.pos_emb.weight.numel()
+        return n
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx: (B, T) token ids -> logits (B, T, vocab)."""
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds model.block_size={self.config.block_size}")
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+        elif self.config.position == "sinusoidal":
+            x = x + self.pos_table[:T].to(x.dtype)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, causal=True)
+        return self.lm_head(self.norm(x))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Extend idx (B, T) by max_new_tokens. temperature=0 is greedy; top_k keeps the k likeliest."""
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.config.block_size :]
+            logits = self(context)[:, -1, :]  # (B, vocab)
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits, dim=-1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat((idx, next_id), dim=1)
+        return idx

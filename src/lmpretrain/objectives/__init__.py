@@ -1,0 +1,3 @@
+from lmpretrain.objectives.causal_lm import CausalLMModule
+
+__all__ = ["CausalLMModule"]

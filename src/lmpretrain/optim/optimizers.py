@@ -1,0 +1,49 @@
+"""Optimizers over weight-decay parameter groups.
+
+Decay applies to the weight matrices of Linear layers only: biases, norm gains and embeddings
+(token and position) are left undecayed, as in BERT/GPT-2 training recipes. A tied LM head shares
+its tensor with the token embedding, so it counts as an embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmpretrain.errors import ConfigError
+
+NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm, nn.RMSNorm)
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    no_decay: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if isinstance(module, NO_DECAY_MODULES) or name.endswith("bias") or p.ndim < 2:
+                no_decay.add(id(p))
+    decay_params, other_params, seen = [], [], set()
+    for p in model.parameters():  # parameters() de-duplicates tied tensors
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (other_params if id(p) in no_decay else decay_params).append(p)
+    return [
+        {"params": decay_params, "weight_decay": weight_decay},
+        {"params": other_params, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.0, **kwargs):
+    """`name` picks the torch optimizer; remaining kwargs (betas, eps, momentum...) go to it."""
+    optimizers = {
+        "adamw": torch.optim.AdamW,
+        "adam": torch.optim.Adam,
+        "sgd": torch.optim.SGD,
+        "rmsprop": torch.optim.RMSprop,
+        "adagrad": torch.optim.Adagrad,
+    }
+    if name not in optimizers:
+        raise ConfigError(f"optimizer.name={name!r} is unknown; use one of {sorted(optimizers)}")
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    return optimizers[name](weight_decay_groups(model, weight_decay), lr=lr, **kwargs)

@@ -1,0 +1,147 @@
+"""Build, train and load `tokenizers.Tokenizer` objects.
+
+Kinds: `char` (one id per character seen in the corpus), `bpe` (byte-level BPE, GPT-2 style: never
+an unknown token, lossless round trip), `wordpiece` (BERT style), `unigram` (SentencePiece style).
+A trained tokenizer is saved as `tokenizer.json` under a cache key derived from its config and the
+corpus fingerprint, so the next run loads it instead of training again. `path=` loads any existing
+`tokenizer.json` instead of training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from lmpretrain.errors import ConfigError
+
+KINDS = ("char", "bpe", "wordpiece", "unigram")
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "char"
+    path: str | None = None  # existing tokenizer.json: loaded as is, no training
+    vocab_size: int | None = None  # None for char (the corpus decides)
+    min_frequency: int = 2
+    special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>"])
+    eos_token: str | None = "<|endoftext|>"  # document separator when packing
+    unk_token: str | None = None  # char/wordpiece/unigram need one for unseen symbols
+    lowercase: bool = False
+    normalization: str | None = None  # NFC | NFKC | None
+
+    def __post_init__(self) -> None:
+        if self.path is None and self.kind not in KINDS:
+            raise ConfigError(f"tokenizer.kind={self.kind!r} is unknown; use one of {KINDS} or set tokenizer.path")
+        if self.kind != "char" and self.path is None and not self.vocab_size:
+            raise ConfigError(f"tokenizer.kind={self.kind} needs tokenizer.vocab_size (e.g. 8000)")
+        for tok in (self.eos_token, self.unk_token):
+            if tok is not None and tok not in self.special_tokens:
+                self.special_tokens = [*self.special_tokens, tok]
+        if self.path is not None and not Path(self.path).expanduser().is_file():
+            raise ConfigError(f"tokenizer.path={self.path} does not exist; give a tokenizer.json or unset it")
+
+
+def _normalizer(cfg: TokenizerConfig):
+    steps = []
+    if cfg.normalization:
+        steps.append({"NFC": normalizers.NFC, "NFKC": normalizers.NFKC}[cfg.normalization.upper()]())
+    if cfg.lowercase:
+        steps.append(normalizers.Lowercase())
+    return normalizers.Sequence(steps) if steps else None
+
+
+def build_char_tokenizer(chars: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
+    """One token per character. Specials take the first ids, then characters in sorted order
+    (nanoGPT's shakespeare_char order)."""
+    vocab = {tok: i for i, tok in enumerate(cfg.special_tokens)}
+    for ch in sorted(set(chars)):
+        vocab.setdefault(ch, len(vocab))
+    # A BPE model with no merges is exactly a character tokenizer; `Fuse` joins without spaces.
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=cfg.unk_token))
+    tok.decoder = decoders.Fuse()
+    if (norm := _normalizer(cfg)) is not None:
+        tok.normalizer = norm
+    tok.add_special_tokens(cfg.special_tokens)
+    return tok
+
+
+def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
+    """Train a tokenizer of `cfg.kind` on an iterator of texts (streamed, never all in memory)."""
+    if cfg.kind == "char":
+        chars: set[str] = set()
+        for text in texts:
+            chars.update(text)
+        return build_char_tokenizer(chars, cfg)
+    if cfg.kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            special_tokens=cfg.special_tokens,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+    elif cfg.kind == "wordpiece":
+        unk = cfg.unk_token or "[UNK]"
+        tok = Tokenizer(models.WordPiece(unk_token=unk))
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            special_tokens=list(dict.fromkeys([*cfg.special_tokens, unk])),
+            show_progress=False,
+        )
+    else:  # unigram
+        unk = cfg.unk_token or "<unk>"
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(
+            vocab_size=cfg.vocab_size,
+            special_tokens=list(dict.fromkeys([*cfg.special_tokens, unk])),
+            unk_token=unk,
+            show_progress=False,
+        )
+    if (norm := _normalizer(cfg)) is not None:
+        tok.normalizer = norm
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def tokenizer_fingerprint(tok: Tokenizer) -> str:
+    return hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
+
+
+def load_or_train_tokenizer(
+    cfg: TokenizerConfig,
+    texts: Callable[[], Iterable[str]],
+    corpus_fingerprint: str,
+    cache_dir: str | os.PathLike,
+) -> tuple[Tokenizer, Path]:
+    """Load `cfg.path`, or the cached tokenizer trained on this corpus, or train and cache one.
+
+    Returns the tokenizer and the `tokenizer.json` it lives in.
+    """
+    if cfg.path is not None:
+        path = Path(cfg.path).expanduser()
+        return Tokenizer.from_file(str(path)), path
+    key_src = json.dumps({"cfg": asdict(cfg), "corpus": corpus_fingerprint}, sort_keys=True)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"{cfg.kind}-{key}" / "tokenizer.json"
+    if path.is_file():
+        return Tokenizer.from_file(str(path)), path
+    tok = train_tokenizer(cfg, texts())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tok.save(str(tmp))
+    os.replace(tmp, path)  # atomic: a concurrent rank never reads a half-written file
+    return tok, path

@@ -1,0 +1,61 @@
+"""`python -m lmpretrain.train [overrides]`: pretrain a language model.
+
+A thin `@hydra.main` around `train(cfg) -> metrics`, which tests call directly.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lmpretrain.config import CONF_DIR, check_model_fits_data, to_dict, wandb_offline_unless_configured
+from lmpretrain.errors import exit_on_user_error
+
+log = logging.getLogger(__name__)
+
+
+def build(cfg: DictConfig):
+    """Datamodule, LightningModule and Trainer from a composed config (no training)."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # trains/loads the tokenizer: the model's vocabulary comes from it
+    model = check_model_fits_data(to_dict(cfg.model), datamodule.block_size, datamodule.vocab_size)
+    module = instantiate(cfg.objective, model=model, _convert_="all")
+    module.tokenizer_json = datamodule.tokenizer.to_str()
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    logger_cfgs = [c for c in (cfg.get("logger") or {}).values() if c is not None]
+    if any("wandb" in str(c.get("_target_", "")).lower() for c in logger_cfgs):
+        wandb_offline_unless_configured()
+    loggers = [instantiate(c) for c in logger_cfgs]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, module, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model; return the final logged metrics (train/loss, val/loss, val/ppl, ...)."""
+    datamodule, module, trainer = build(cfg)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(to_dict(cfg))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
+        log.info("best checkpoint: %s", trainer.checkpoint_callback.best_model_path)
+    return metrics
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    log.info("final metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
+    # Returned value = the objective of Hydra sweepers (e.g. Optuna minimizes val/loss).
+    return metrics.get(cfg.get("optimized_metric", "val/loss"))
+
+
+if __name__ == "__main__":
+    main()
