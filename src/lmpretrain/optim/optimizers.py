@@ -33,8 +33,17 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+FUSED_CAPABLE = ("adamw", "adam", "sgd", "adagrad")  # torch has a fused kernel for these...
+FUSED_ON_GPU = ("adamw", "adam", "sgd")  # ... and for these also on CUDA (adagrad's is CPU-only)
+
+
 def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.0, **kwargs):
-    """`name` picks the torch optimizer; remaining kwargs (betas, eps, momentum...) go to it."""
+    """`name` picks the torch optimizer; remaining kwargs (betas, eps, momentum...) go to it.
+
+    `fused`: `auto` (default) uses the fused kernel when every parameter is on a GPU and the
+    optimizer has one, else torch's own default (foreach on GPU, a per-tensor loop on CPU);
+    true/false force it. `foreach` is passed through as given.
+    """
     optimizers = {
         "adamw": torch.optim.AdamW,
         "adam": torch.optim.Adam,
@@ -46,4 +55,12 @@ def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-3, wei
         raise ConfigError(f"optimizer.name={name!r} is unknown; use one of {sorted(optimizers)}")
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
+    fused = kwargs.pop("fused", "auto")
+    if fused == "auto":
+        on_gpu = all(p.device.type == "cuda" for p in model.parameters())
+        fused = True if name in FUSED_ON_GPU and on_gpu else None
+    if fused and name not in FUSED_CAPABLE:
+        raise ConfigError(f"optimizer.fused=true: torch has no fused {name}; set optimizer.fused=auto")
+    if fused is not None:
+        kwargs["fused"] = bool(fused)
     return optimizers[name](weight_decay_groups(model, weight_decay), lr=lr, **kwargs)
