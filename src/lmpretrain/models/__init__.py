@@ -5,9 +5,15 @@ from __future__ import annotations
 from torch import nn
 
 from lmpretrain.errors import ConfigError
+from lmpretrain.models.encdec import EncoderDecoder, EncoderDecoderConfig
+from lmpretrain.models.encoder import Encoder, EncoderConfig
 from lmpretrain.models.gpt import GPT, GPTConfig
 
-ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {"gpt": (GPT, GPTConfig)}
+ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
+    "gpt": (GPT, GPTConfig),  # decoder-only
+    "bert": (Encoder, EncoderConfig),  # bidirectional encoder
+    "t5": (EncoderDecoder, EncoderDecoderConfig),  # encoder-decoder
+}
 
 
 def model_config(model: dict):
@@ -30,4 +36,5 @@ def build_network(model: dict) -> nn.Module:
     return ARCHITECTURES[model.get("arch", "gpt")][0](model_config(model))
 
 
-__all__ = ["ARCHITECTURES", "GPT", "GPTConfig", "build_network", "model_config"]
+__all__ = ["ARCHITECTURES", "GPT", "GPTConfig", "Encoder", "EncoderConfig", "EncoderDecoder",
+           "EncoderDecoderConfig", "build_network", "model_config"]

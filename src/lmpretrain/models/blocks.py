@@ -14,6 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 POSITIONS = ("learned", "sinusoidal", "rotary")
+# gelu: exact (erf) GELU, as BERT; gelu_tanh: the tanh approximation GPT-2 was trained with
+# ("gelu_new" in transformers); relu: the original Transformer and T5 v1.0.
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
 
 
 def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
@@ -84,14 +91,15 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, n_embd: int, hidden: int, dropout: float, bias: bool):
+    def __init__(self, n_embd: int, hidden: int, dropout: float, bias: bool, activation: str = "gelu"):
         super().__init__()
         self.fc = nn.Linear(n_embd, hidden, bias=bias)
+        self.act = ACTIVATIONS[activation]
         self.proj = nn.Linear(hidden, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        return self.dropout(self.proj(self.act(self.fc(x))))
 
 
 class Block(nn.Module):
@@ -112,6 +120,7 @@ class Block(nn.Module):
         cross: bool = False,
         pre_norm: bool = True,
         norm_eps: float = 1e-5,
+        activation: str = "gelu",
     ):
         super().__init__()
         self.pre_norm = pre_norm
@@ -120,7 +129,7 @@ class Block(nn.Module):
         self.cross_norm = nn.LayerNorm(n_embd, eps=norm_eps, bias=bias) if cross else None
         self.cross_attn = Attention(n_embd, n_head, dropout, bias) if cross else None
         self.norm2 = nn.LayerNorm(n_embd, eps=norm_eps, bias=bias)
-        self.mlp = MLP(n_embd, mlp_ratio * n_embd, dropout, bias)
+        self.mlp = MLP(n_embd, mlp_ratio * n_embd, dropout, bias, activation)
 
     def _sublayer(self, x, norm, fn):
         return x + fn(norm(x)) if self.pre_norm else norm(x + fn(x))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmpretrain.errors import ConfigError
-from lmpretrain.models.blocks import POSITIONS, Block, Rotary, sinusoidal_table
+from lmpretrain.models.blocks import ACTIVATIONS, POSITIONS, Block, Rotary, sinusoidal_table
 
 
 @dataclass
@@ -28,6 +28,7 @@ class GPTConfig:
     mlp_ratio: int = 4
     position: str = "learned"  # learned | sinusoidal | rotary
     tie_embeddings: bool = True
+    activation: str = "gelu"  # gelu | gelu_tanh (GPT-2's own weights) | relu
 
     def __post_init__(self) -> None:
         problems = []
@@ -37,6 +38,8 @@ class GPTConfig:
             problems.append(f"model.position={self.position!r} must be one of {POSITIONS}")
         if self.position == "rotary" and (self.n_embd // self.n_head) % 2:
             problems.append("model.position=rotary needs an even head size (n_embd / n_head)")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"model.activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"model.dropout={self.dropout} must be in [0, 1)")
         if problems:
@@ -60,7 +63,8 @@ class GPT(nn.Module):
         rotary = Rotary(c.head_dim, c.block_size) if c.position == "rotary" else None
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
-            Block(c.n_embd, c.n_head, c.dropout, c.bias, c.mlp_ratio, rotary=rotary) for _ in range(c.n_layer)
+            Block(c.n_embd, c.n_head, c.dropout, c.bias, c.mlp_ratio, rotary=rotary, activation=c.activation)
+            for _ in range(c.n_layer)
         )
         self.norm = nn.LayerNorm(c.n_embd, bias=c.bias)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
@@ -88,6 +92,11 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """idx: (B, T) token ids -> logits (B, T, vocab)."""
+        return self.lm_head(self.features(idx))
+
+    def features(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """idx: (B, T) -> final-norm hidden states (B, T, C). Causal, so right padding (the only
+        kind `attention_mask` may describe here) never reaches the real tokens."""
         T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds model.block_size={self.config.block_size}")
@@ -99,7 +108,7 @@ class GPT(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, causal=True)
-        return self.lm_head(self.norm(x))
+        return self.norm(x)
 
     @torch.no_grad()
     def generate(

@@ -1,0 +1,116 @@
+"""T5-style encoder-decoder: a bidirectional encoder, a causal decoder whose blocks cross-attend
+to the encoder's output, one token embedding shared by both and by the (tied) output head.
+
+Differences from T5, on purpose: positions are rotary (default) or absolute instead of T5's
+bucketed relative-position bias, and norms are LayerNorm (without bias when `bias=False`) rather
+than RMSNorm, so every block here is the same `Block` the decoder-only and encoder models use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lmpretrain.errors import ConfigError
+from lmpretrain.models.blocks import ACTIVATIONS, POSITIONS, Block, Rotary, sinusoidal_table
+from lmpretrain.models.encoder import padding_mask
+
+
+@dataclass
+class EncoderDecoderConfig:
+    vocab_size: int = 0  # 0 = taken from the tokenizer at build time
+    block_size: int = 128  # longest encoder or decoder sequence
+    n_layer: int = 2  # encoder layers
+    n_decoder_layer: int | None = None  # None = same as n_layer
+    n_head: int = 4
+    n_embd: int = 128
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+    bias: bool = False  # T5 has no biases
+    position: str = "rotary"  # rotary | learned | sinusoidal
+    activation: str = "gelu"  # gelu | gelu_tanh | relu (T5 v1.0)
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.n_embd % self.n_head:
+            problems.append(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
+        if self.position not in POSITIONS:
+            problems.append(f"model.position={self.position!r} must be one of {POSITIONS}")
+        if self.position == "rotary" and (self.n_embd // self.n_head) % 2:
+            problems.append("model.position=rotary needs an even head size (n_embd / n_head)")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"model.activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"model.dropout={self.dropout} must be in [0, 1)")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        if self.n_decoder_layer is None:
+            self.n_decoder_layer = self.n_layer
+
+
+class EncoderDecoder(nn.Module):
+    def __init__(self, config: EncoderDecoderConfig):
+        super().__init__()
+        if config.vocab_size <= 0:
+            raise ConfigError("model.vocab_size is unset; it comes from the tokenizer (build via train())")
+        self.config = c = config
+        self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
+        learned = c.position == "learned"
+        self.enc_pos = nn.Embedding(c.block_size, c.n_embd) if learned else None
+        self.dec_pos = nn.Embedding(c.block_size, c.n_embd) if learned else None
+        if c.position == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(c.block_size, c.n_embd), persistent=False)
+        rotary = Rotary(c.n_embd // c.n_head, c.block_size) if c.position == "rotary" else None
+        self.drop = nn.Dropout(c.dropout)
+
+        def block(cross: bool) -> Block:
+            return Block(c.n_embd, c.n_head, c.dropout, c.bias, c.mlp_ratio, rotary=rotary, cross=cross,
+                         norm_eps=c.norm_eps, activation=c.activation)
+
+        self.encoder = nn.ModuleList(block(cross=False) for _ in range(c.n_layer))
+        self.enc_norm = nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias)
+        self.decoder = nn.ModuleList(block(cross=True) for _ in range(c.n_decoder_layer))
+        self.dec_norm = nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def _embed(self, ids: torch.Tensor, pos: nn.Embedding | None) -> torch.Tensor:
+        T = ids.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds model.block_size={self.config.block_size}")
+        x = self.tok_emb(ids)  # (B, T, C)
+        if pos is not None:
+            x = x + pos(torch.arange(T, device=ids.device))
+        elif self.config.position == "sinusoidal":
+            x = x + self.pos_table[:T].to(x.dtype)
+        return self.drop(x)
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder: input_ids (B, S), attention_mask (B, S) 1 = token -> memory (B, S, C)."""
+        x, mask = self._embed(input_ids, self.enc_pos), padding_mask(attention_mask)
+        for blk in self.encoder:
+            x = blk(x, mask=mask)
+        return self.enc_norm(x)
+
+    def decode(self, decoder_input_ids: torch.Tensor, memory: torch.Tensor,
+               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """decoder_input_ids (B, T), memory (B, S, C) -> logits (B, T, vocab)."""
+        x, memory_mask = self._embed(decoder_input_ids, self.dec_pos), padding_mask(attention_mask)
+        for blk in self.decoder:
+            x = blk(x, causal=True, memory=memory, memory_mask=memory_mask)
+        # T5 rescales before the tied head so logits do not grow with sqrt(n_embd).
+        return self.lm_head(self.dec_norm(x) * self.config.n_embd**-0.5)
+
+    def forward(self, input_ids, decoder_input_ids, attention_mask=None) -> torch.Tensor:
+        return self.decode(decoder_input_ids, self.features(input_ids, attention_mask), attention_mask)

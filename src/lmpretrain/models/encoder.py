@@ -1,0 +1,142 @@
+"""BERT-style bidirectional encoder: token + position (+ segment) embeddings, blocks without a
+causal mask, a [CLS] pooler and a masked-LM head tied to the token embedding.
+
+Post-norm (`pre_norm=False`, original BERT) normalizes the embeddings and every sublayer's
+output; pre-norm normalizes sublayer inputs and adds one final norm instead. A plain `nn.Module`
+configured by `EncoderConfig`; no Lightning or Hydra in here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lmpretrain.errors import ConfigError
+from lmpretrain.models.blocks import ACTIVATIONS, POSITIONS, Block, Rotary, sinusoidal_table
+
+
+@dataclass
+class EncoderConfig:
+    vocab_size: int = 0  # 0 = taken from the tokenizer at build time
+    block_size: int = 128  # longest sequence the positions cover (BERT: max_position_embeddings)
+    n_layer: int = 2
+    n_head: int = 2
+    n_embd: int = 128
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+    bias: bool = True
+    type_vocab_size: int = 2  # segment ids (sentence A / B); 0 = no segment embedding
+    pre_norm: bool = False  # False = BERT's post-norm
+    norm_eps: float = 1e-12  # BERT's LayerNorm epsilon
+    position: str = "learned"  # learned | sinusoidal | rotary
+    activation: str = "gelu"  # gelu | gelu_tanh | relu
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.n_embd % self.n_head:
+            problems.append(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
+        if self.position not in POSITIONS:
+            problems.append(f"model.position={self.position!r} must be one of {POSITIONS}")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"model.activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"model.dropout={self.dropout} must be in [0, 1)")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, S) with 1 = real token -> bool (B, 1, 1, S) for attention, True = may attend."""
+    return None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head: dense + activation + norm, then the (tied) vocabulary projection."""
+
+    def __init__(self, c: EncoderConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.n_embd, c.n_embd)
+        self.act = ACTIVATIONS[c.activation]
+        self.norm = nn.LayerNorm(c.n_embd, eps=c.norm_eps)
+        self.decoder = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(c.vocab_size))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h: (..., C) -> logits (..., vocab)."""
+        return self.decoder(self.norm(self.act(self.dense(h)))) + self.bias
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        if config.vocab_size <= 0:
+            raise ConfigError("model.vocab_size is unset; it comes from the tokenizer (build via train())")
+        self.config = c = config
+        self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
+        self.pos_emb = nn.Embedding(c.block_size, c.n_embd) if c.position == "learned" else None
+        if c.position == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(c.block_size, c.n_embd), persistent=False)
+        self.seg_emb = nn.Embedding(c.type_vocab_size, c.n_embd) if c.type_vocab_size else None
+        rotary = Rotary(c.head_dim, c.block_size) if c.position == "rotary" else None
+        # Post-norm normalizes the summed embeddings (BERT); pre-norm normalizes the output instead.
+        self.emb_norm = None if c.pre_norm else nn.LayerNorm(c.n_embd, eps=c.norm_eps)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            Block(c.n_embd, c.n_head, c.dropout, c.bias, c.mlp_ratio, rotary=rotary, pre_norm=c.pre_norm,
+                  norm_eps=c.norm_eps, activation=c.activation)
+            for _ in range(c.n_layer)
+        )
+        self.final_norm = nn.LayerNorm(c.n_embd, eps=c.norm_eps) if c.pre_norm else None
+        self.pooler = nn.Linear(c.n_embd, c.n_embd)
+        self.mlm_head = MLMHead(c)
+        if c.tie_embeddings:
+            self.mlm_head.decoder.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # BERT: N(0, 0.02) for every matrix, zero biases, unit norms.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids, attention_mask (1 = token, 0 = padding), token_type_ids: (B, T) -> (B, T, C)."""
+        T = input_ids.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds model.block_size={self.config.block_size}")
+        x = self.tok_emb(input_ids)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=input_ids.device))
+        elif self.config.position == "sinusoidal":
+            x = x + self.pos_table[:T].to(x.dtype)
+        if self.seg_emb is not None:
+            x = x + self.seg_emb(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)
+        x = self.drop(x)
+        mask = padding_mask(attention_mask)
+        for block in self.blocks:
+            x = block(x, mask=mask)
+        return x if self.final_norm is None else self.final_norm(x)
+
+    def pool(self, h: torch.Tensor) -> torch.Tensor:
+        """BERT's pooled output: tanh(dense(h[:, 0])), the [CLS] summary used by NSP/SOP. (B, C)."""
+        return torch.tanh(self.pooler(h[:, 0]))
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """Masked-LM logits for every position: (B, T, vocab)."""
+        return self.mlm_head(self.features(input_ids, attention_mask, token_type_ids))

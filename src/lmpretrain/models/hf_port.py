@@ -1,0 +1,171 @@
+"""Weights between `transformers` BERT / GPT-2 and our `Encoder` / `GPT`, both directions.
+
+Each port is a table of (our names, HF names, conv1d) rows: the tensors of one row, put in
+PyTorch's (out, in) layout and concatenated along dim 0, are the same on both sides. That covers
+the renames, BERT's separate key/value vs our fused `kv`, and GPT-2's fused `c_attn` vs our `q` +
+`kv`; `conv1d` marks GPT-2's Conv1D weights, stored (in, out). `transformers` itself is not
+imported here: the functions take a model object (or its config and state dict), so this module
+costs nothing for users who never port.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmpretrain.errors import ConfigError
+from lmpretrain.models.encoder import Encoder, EncoderConfig
+from lmpretrain.models.gpt import GPT, GPTConfig
+
+Row = tuple[list[str], list[str], bool]
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+
+
+def _linear(ours: str, hf: str, conv1d: bool = False) -> list[Row]:
+    return [([f"{ours}.weight"], [f"{hf}.weight"], conv1d), ([f"{ours}.bias"], [f"{hf}.bias"], conv1d)]
+
+
+def bert_rows(n_layer: int, prefix: str = "bert.") -> list[Row]:
+    rows: list[Row] = [
+        (["tok_emb.weight"], [f"{prefix}embeddings.word_embeddings.weight"], False),
+        (["pos_emb.weight"], [f"{prefix}embeddings.position_embeddings.weight"], False),
+        (["seg_emb.weight"], [f"{prefix}embeddings.token_type_embeddings.weight"], False),
+        *_linear("emb_norm", f"{prefix}embeddings.LayerNorm"),
+        *_linear("pooler", f"{prefix}pooler.dense"),
+        *_linear("mlm_head.dense", "cls.predictions.transform.dense"),
+        *_linear("mlm_head.norm", "cls.predictions.transform.LayerNorm"),
+        (["mlm_head.bias"], ["cls.predictions.bias"], False),
+        (["mlm_head.decoder.weight"], ["cls.predictions.decoder.weight"], False),
+    ]
+    for i in range(n_layer):
+        ours, hf = f"blocks.{i}", f"{prefix}encoder.layer.{i}"
+        rows += [
+            *_linear(f"{ours}.attn.q", f"{hf}.attention.self.query"),
+            ([f"{ours}.attn.kv.weight"], [f"{hf}.attention.self.key.weight", f"{hf}.attention.self.value.weight"], False),
+            ([f"{ours}.attn.kv.bias"], [f"{hf}.attention.self.key.bias", f"{hf}.attention.self.value.bias"], False),
+            *_linear(f"{ours}.attn.proj", f"{hf}.attention.output.dense"),
+            *_linear(f"{ours}.norm1", f"{hf}.attention.output.LayerNorm"),
+            *_linear(f"{ours}.mlp.fc", f"{hf}.intermediate.dense"),
+            *_linear(f"{ours}.mlp.proj", f"{hf}.output.dense"),
+            *_linear(f"{ours}.norm2", f"{hf}.output.LayerNorm"),
+        ]
+    return rows
+
+
+def gpt2_rows(n_layer: int, prefix: str = "transformer.") -> list[Row]:
+    rows: list[Row] = [
+        (["tok_emb.weight"], [f"{prefix}wte.weight"], False),
+        (["pos_emb.weight"], [f"{prefix}wpe.weight"], False),
+        *_linear("norm", f"{prefix}ln_f"),
+        (["lm_head.weight"], ["lm_head.weight"], False),
+    ]
+    for i in range(n_layer):
+        ours, hf = f"blocks.{i}", f"{prefix}h.{i}"
+        rows += [
+            *_linear(f"{ours}.norm1", f"{hf}.ln_1"),
+            ([f"{ours}.attn.q.weight", f"{ours}.attn.kv.weight"], [f"{hf}.attn.c_attn.weight"], True),
+            ([f"{ours}.attn.q.bias", f"{ours}.attn.kv.bias"], [f"{hf}.attn.c_attn.bias"], True),
+            *_linear(f"{ours}.attn.proj", f"{hf}.attn.c_proj", conv1d=True),
+            *_linear(f"{ours}.norm2", f"{hf}.ln_2"),
+            *_linear(f"{ours}.mlp.fc", f"{hf}.mlp.c_fc", conv1d=True),
+            *_linear(f"{ours}.mlp.proj", f"{hf}.mlp.c_proj", conv1d=True),
+        ]
+    return rows
+
+
+def _layout(t: torch.Tensor, conv1d: bool) -> torch.Tensor:
+    """Conv1D (in, out) <-> Linear (out, in); its own inverse."""
+    return t.t() if conv1d and t.ndim == 2 else t
+
+
+def transfer(rows: list[Row], src: dict, dst: dict, to_ours: bool) -> dict:
+    """Fill a copy of state dict `dst` from `src` along `rows` (HF -> ours when to_ours)."""
+    out = dict(dst)
+    for ours, hf, conv1d in rows:
+        src_names, dst_names = (hf, ours) if to_ours else (ours, hf)
+        src_conv, dst_conv = conv1d and to_ours, conv1d and not to_ours
+        missing = [n for n in src_names if n not in src] + [n for n in dst_names if n not in dst]
+        if missing:
+            raise KeyError(f"state dict has no {missing}; is this the right architecture?")
+        flat = torch.cat([_layout(src[n], src_conv) for n in src_names])  # (sum of out, ...)
+        sizes = [_layout(dst[n], dst_conv).shape[0] for n in dst_names]
+        for name, part in zip(dst_names, flat.split(sizes)):
+            value = _layout(part, dst_conv)
+            if value.shape != dst[name].shape:
+                raise ValueError(f"{name}: shape {tuple(value.shape)} from the source, {tuple(dst[name].shape)} expected")
+            out[name] = value.clone().to(dst[name].dtype)
+    return out
+
+
+def _mlp_ratio(hidden: int, inner: int) -> int:
+    if inner % hidden:
+        raise ConfigError(f"intermediate size {inner} is not a multiple of hidden size {hidden}; cannot port")
+    return inner // hidden
+
+
+def _activation(name: str) -> str:
+    if name not in HF_ACTIVATIONS:
+        raise ConfigError(f"activation {name!r} has no counterpart here; use one of {sorted(HF_ACTIVATIONS)}")
+    return HF_ACTIVATIONS[name]
+
+
+def encoder_config_from_hf(hf) -> EncoderConfig:
+    """A `transformers.BertConfig` -> EncoderConfig (post-norm, learned positions)."""
+    if getattr(hf, "position_embedding_type", "absolute") != "absolute":
+        raise ConfigError("only BERT with absolute position embeddings can be ported")
+    return EncoderConfig(
+        vocab_size=hf.vocab_size, block_size=hf.max_position_embeddings, n_layer=hf.num_hidden_layers,
+        n_head=hf.num_attention_heads, n_embd=hf.hidden_size,
+        mlp_ratio=_mlp_ratio(hf.hidden_size, hf.intermediate_size), dropout=hf.hidden_dropout_prob,
+        type_vocab_size=hf.type_vocab_size, pre_norm=False, norm_eps=hf.layer_norm_eps,
+        activation=_activation(hf.hidden_act), tie_embeddings=getattr(hf, "tie_word_embeddings", True),
+    )
+
+
+def gpt_config_from_hf(hf) -> GPTConfig:
+    """A `transformers.GPT2Config` -> GPTConfig."""
+    if abs(hf.layer_norm_epsilon - 1e-5) > 1e-12:
+        raise ConfigError(f"GPT uses LayerNorm eps 1e-5; this GPT-2 has {hf.layer_norm_epsilon}")
+    return GPTConfig(
+        vocab_size=hf.vocab_size, block_size=hf.n_positions, n_layer=hf.n_layer, n_head=hf.n_head,
+        n_embd=hf.n_embd, dropout=hf.resid_pdrop, bias=True,
+        mlp_ratio=_mlp_ratio(hf.n_embd, hf.n_inner or 4 * hf.n_embd), position="learned",
+        tie_embeddings=getattr(hf, "tie_word_embeddings", True), activation=_activation(hf.activation_function),
+    )
+
+
+def _prefix(state: dict, prefix: str) -> str:
+    return prefix if any(k.startswith(prefix) for k in state) else ""
+
+
+def _load(net: nn.Module, rows: list[Row], hf_state: dict) -> nn.Module:
+    net.load_state_dict(transfer(rows, hf_state, net.state_dict(), to_ours=True), strict=True)
+    return net
+
+
+def bert_from_hf(hf_model) -> Encoder:
+    """Our Encoder with the weights of a `BertForPreTraining` / `BertForMaskedLM`."""
+    state = hf_model.state_dict()
+    net = Encoder(encoder_config_from_hf(hf_model.config))
+    return _load(net, bert_rows(net.config.n_layer, _prefix(state, "bert.")), state)
+
+
+def gpt2_from_hf(hf_model) -> GPT:
+    """Our GPT with the weights of a `GPT2LMHeadModel`."""
+    state = hf_model.state_dict()
+    net = GPT(gpt_config_from_hf(hf_model.config))
+    return _load(net, gpt2_rows(net.config.n_layer, _prefix(state, "transformer.")), state)
+
+
+def bert_to_hf(net: Encoder, hf_model) -> None:
+    """Copy our Encoder's weights into a same-shaped `BertForPreTraining` / `BertForMaskedLM`."""
+    state = hf_model.state_dict()
+    rows = bert_rows(net.config.n_layer, _prefix(state, "bert."))
+    hf_model.load_state_dict(transfer(rows, net.state_dict(), state, to_ours=False), strict=False)
+
+
+def gpt2_to_hf(net: GPT, hf_model) -> None:
+    """Copy our GPT's weights into a same-shaped `GPT2LMHeadModel`."""
+    state = hf_model.state_dict()
+    rows = gpt2_rows(net.config.n_layer, _prefix(state, "transformer."))
+    hf_model.load_state_dict(transfer(rows, net.state_dict(), state, to_ours=False), strict=False)
