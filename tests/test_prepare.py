@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-import lmpretrain.data.shard_writer as shard_writer
+from conftest import make_cfg
+from lmpretrain.data import shard_writer
 from lmpretrain.data.shards import open_index, open_shard, read_manifest
 from lmpretrain.errors import DataError
 from lmpretrain.paths import data_root, repo_root
 from lmpretrain.prepare import prepare
-from tests.conftest import make_cfg
 
 SHAKESPEARE = data_root() / "tinyshakespeare.txt"
 
@@ -248,10 +248,10 @@ def test_empty_source_is_an_error(tmp_path):
 
 
 def test_cli_prints_one_line_error_and_exits_2(tmp_path):
-    path, extra, message = bad_file(tmp_path, "encoding")
+    path, _, message = bad_file(tmp_path, "encoding")
     cmd = [sys.executable, "-m", "lmpretrain.prepare", f"output_dir={tmp_path}/out", "~sources.shakespeare",
            f"+sources.bad.path={path}", "progress=false", "workers=1"]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root(), timeout=120)
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=repo_root(), timeout=120)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr

@@ -24,10 +24,10 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import hydra
 import numpy as np
@@ -44,7 +44,15 @@ from lmpretrain.cleaning.report import NgramSample, ReportConfig, fallback_mask,
 from lmpretrain.cleaning.sentences import SentenceConfig
 from lmpretrain.cleaning.sources import SourceConfig, input_stats
 from lmpretrain.data.shard_writer import ShardWriter, plan_shards
-from lmpretrain.data.shards import FORMAT, SPLITS, VERSION, ShardInfo, atomic_write, atomic_write_json, token_dtype
+from lmpretrain.data.shards import (
+    FORMAT,
+    SPLITS,
+    VERSION,
+    ShardInfo,
+    atomic_write,
+    atomic_write_json,
+    token_dtype,
+)
 from lmpretrain.errors import ConfigError, exit_on_user_error
 from lmpretrain.paths import register_resolvers
 from lmpretrain.tokenizers.build import TokenizerConfig, train_tokenizer

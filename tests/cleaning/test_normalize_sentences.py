@@ -1,4 +1,9 @@
-from lmpretrain.cleaning.normalize import NormalizeConfig, fix_whitespace, normalize_text, remove_control_chars
+from lmpretrain.cleaning.normalize import (
+    NormalizeConfig,
+    fix_whitespace,
+    normalize_text,
+    remove_control_chars,
+)
 from lmpretrain.cleaning.sentences import sentence_spans, split_sentences
 
 

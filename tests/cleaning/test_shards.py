@@ -1,6 +1,13 @@
 import numpy as np
 
-from lmpretrain.data.shards import ShardInfo, open_index, open_shard, shard_is_complete, token_dtype, write_shard
+from lmpretrain.data.shards import (
+    ShardInfo,
+    open_index,
+    open_shard,
+    shard_is_complete,
+    token_dtype,
+    write_shard,
+)
 
 
 def test_write_and_memory_map_a_shard(tmp_path):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -101,7 +101,7 @@ class CleaningPool:
         self.cfg, self.workers = cfg, workers
         self._pool = None
 
-    def __enter__(self) -> "CleaningPool":
+    def __enter__(self) -> CleaningPool:
         if self.workers > 1:
             # fork: workers inherit the imported modules; each loads the langid model once.
             self._pool = mp.get_context("fork").Pool(self.workers, _init_worker, (self.cfg,))

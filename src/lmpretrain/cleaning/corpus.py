@@ -10,9 +10,9 @@ Memory stays at O(documents * num_perm * 4 bytes) for the signatures, never the 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -68,7 +68,7 @@ def clean_source(name: str, src: SourceConfig, work: Path, pool: CleaningPool, b
         return _load_cleaned(name, spill, meta)
     stats = SourceStats()
     parts: dict[str, list] = {"hashes": [], "signatures": [], "words": [], "chars": []}
-    on_bad = lambda bad: stats.add_bad(bad.origin, bad.problem, max_bad_examples)  # noqa: E731
+    on_bad = lambda bad: stats.add_bad(bad.origin, bad.problem, max_bad_examples)
     tmp = spill.with_name(f".{spill.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as out:
         for docs, result in pool.map(_batches(iter_documents(name, src, on_bad), batch_size)):

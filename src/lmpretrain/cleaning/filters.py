@@ -11,13 +11,17 @@ The defaults are Gopher's published thresholds, tuned for web pages of 50+ words
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from lmpretrain.errors import ConfigError
+
+_DIGIT = re.compile(r"\d")
+_LETTER = re.compile(r"[^\W\d_]")  # a word character that is neither digit nor underscore
 
 
 class Verdict(NamedTuple):
@@ -118,12 +122,11 @@ def symbol_word_ratio(doc: DocStats) -> float:
 
 
 def digit_ratio(doc: DocStats) -> float:
-    chars = sum(doc.word_lengths)
-    return sum(ch.isdigit() for ch in doc.text) / max(chars, 1)
+    return len(_DIGIT.findall(doc.text)) / max(int(doc.word_lengths.sum()), 1)
 
 
 def alpha_word_fraction(doc: DocStats) -> float:
-    return sum(any(ch.isalpha() for ch in w) for w in doc.words) / max(len(doc.words), 1)
+    return sum(1 for w in doc.words if _LETTER.search(w)) / max(len(doc.words), 1)
 
 
 def duplicate_fractions(items: list[str]) -> tuple[float, float]:
@@ -151,7 +154,7 @@ def top_ngram_char_fraction(doc: DocStats, n: int) -> float:
 def duplicate_ngram_char_fraction(doc: DocStats, n: int) -> float:
     """Characters of words inside any repeated n-gram (overlaps counted once) / all word characters."""
     occ = doc.ngram_occurrences(n)
-    if occ.size == 0:
+    if occ.size == 0 or occ.max() < 2:
         return 0.0
     starts = np.flatnonzero(occ >= 2)
     cover = np.zeros(len(doc.words) + 1, dtype=np.int64)  # +1 at start, -1 after the n-gram

@@ -18,7 +18,7 @@ class LangIdConfig:
     enabled: bool = True
     languages: list[str] = field(default_factory=lambda: ["en"])  # ISO 639-1 codes to keep; [] keeps all
     min_confidence: float = 0.0  # normalized probability of the top language
-    max_chars: int = 2000  # the head of a document decides its language; long texts cost more
+    max_chars: int = 1000  # the head of a document decides its language; long texts cost more
     min_chars: int = 0  # shorter documents are not judged (language "und", kept): a few words
     #                     ("All: Come, come.") do not identify a language and get misread as Latin
 
@@ -53,7 +53,7 @@ def supported_languages() -> list[str]:
 UNDETERMINED = Language("und", 0.0)
 
 
-def detect_language(text: str, max_chars: int = 2000, min_chars: int = 0) -> Language:
+def detect_language(text: str, max_chars: int = 1000, min_chars: int = 0) -> Language:
     if len(text) < min_chars:
         return UNDETERMINED
     code, prob = _identifier().classify(text[:max_chars])

@@ -82,7 +82,7 @@ class SourceStats:
                 "bad_records": self.bad_records, "bad_examples": self.bad_examples}
 
     @classmethod
-    def from_json(cls, d: dict) -> "SourceStats":
+    def from_json(cls, d: dict) -> SourceStats:
         return cls(d["stages"], Counter(d["drop_reasons"]), Counter(d["languages"]), d["length_read"],
                    d["length_kept"], d["bad_records"], d["bad_examples"])
 
@@ -134,9 +134,7 @@ def fallback_mask(tokenizer) -> np.ndarray:
     byte_of = _byte_level_chars()
     unk = {t for t in ("[UNK]", "<unk>", "<|unk|>") if t in vocab}
     for token, i in vocab.items():
-        if token in unk or re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
-            mask[i] = True
-        elif byte_level and len(token) == 1 and byte_of.get(token, 0) >= 0x80:
+        if token in unk or re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token) or byte_level and len(token) == 1 and byte_of.get(token, 0) >= 0x80:
             mask[i] = True
     return mask
 

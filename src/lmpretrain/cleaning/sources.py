@@ -17,10 +17,11 @@ import gzip
 import json
 import os
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field  # `field` is also a SourceConfig key
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 from lmpretrain.errors import ConfigError, DataError
 

@@ -10,9 +10,9 @@ still reports them.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -75,7 +75,7 @@ class ShardWriter:
     def _flush(self, task: ShardTask, texts: list[str], words: int) -> dict:
         docs, sents = encode(self.tok, texts, self.eos_id, task.info.has_sentences)
         tokens = np.concatenate(docs)
-        stats = {"documents": len(docs), "tokens": int(len(tokens)), "words": words,
+        stats = {"documents": len(docs), "tokens": len(tokens), "words": words,
                  "fallback": int(self.fallback[tokens].sum()) if len(self.fallback) else 0}
         atomic_write_json(self._stats_path(task.info), stats)
         write_shard(self.out, task.info, docs, sents, self.dtype)

@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -79,7 +79,7 @@ class ShardInfo:
         return {**asdict(self), "bin": self.bin, "idx": self.idx, "sent": self.sent}
 
     @classmethod
-    def from_json(cls, d: dict) -> "ShardInfo":
+    def from_json(cls, d: dict) -> ShardInfo:
         return cls(d["source"], d["split"], d["number"], d["documents"], d["tokens"], d.get("sent") is not None)
 
 
