@@ -220,10 +220,12 @@ def plot_drop_reasons(sources: dict, path: Path) -> str:
 def plot_languages(sources: dict, path: Path, top: int = 8) -> str:
     """Share of each detected language per source (before the language filter)."""
     plt, fig, (ax,) = _figure(1, 10, 0.8 + 0.5 * len(sources))
+    palette = plt.get_cmap("tab20").colors
+    color: dict[str, tuple] = {}  # one colour per language across all sources
     for row, (name, rep) in enumerate(sources.items()):
         total, left = max(sum(rep["languages"].values()), 1), 0.0
         for lang, count in list(rep["languages"].items())[:top]:
-            ax.barh(name, count / total, left=left)
+            ax.barh(name, count / total, left=left, color=color.setdefault(lang, palette[len(color) % len(palette)]))
             if count / total > 0.04:
                 ax.text(left + count / total / 2, row, lang, ha="center", va="center", fontsize=8)
             left += count / total
