@@ -1,4 +1,21 @@
-from lmpretrain.data.packed import PackedBlocks
-from lmpretrain.data.text import PackedTextDataModule
+"""DataModules and datasets. Imported lazily: `lmpretrain.data.shards` (used by `prepare`) must not
+pay for importing Lightning."""
 
-__all__ = ["PackedBlocks", "PackedTextDataModule"]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "PackedBlocks": "lmpretrain.data.packed",
+    "PackedTextDataModule": "lmpretrain.data.text",
+    "ShardsDataModule": "lmpretrain.data.mixture",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lmpretrain.data' has no attribute {name!r}")
+
+
+__all__ = list(_EXPORTS)

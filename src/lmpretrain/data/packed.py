@@ -1,38 +1,39 @@
 """Token files and the packed-block stream read from them.
 
-A split is tokenized once, streaming, into a flat token file (uint16 when the vocabulary fits,
-else uint32) with the EOS id after every document. Training memory-maps that file: a block is
-`block_size + 1` consecutive tokens (inputs and their next-token targets), so blocks overlap by
-one token and every token is a target exactly once per epoch.
+A split is tokenized once, streaming, into flat token files (uint16 when the vocabulary fits,
+else uint32) with the EOS id after every document. Training memory-maps them: a block is
+`block_size + 1` consecutive tokens of one file (inputs and their next-token targets), so blocks
+overlap by one token and every token is a target once per epoch.
 
-Block order and sharding are pure functions of (seed, epoch, rank, worker), which is what makes
-"no block duplicated or dropped across ranks x workers" and exact mid-epoch resume possible:
+Block order and sharding are pure functions of (seed, sample index, rank, worker). That is what
+makes "no block duplicated or dropped across ranks x workers", source mixing by weight, and
+exact mid-epoch resume possible:
 
-    global stream of an epoch : a seeded permutation of block ids
-    rank r of R               : every R-th entry starting at r; epochs are chained (infinite)
-    batch k of rank r         : entries [k*B, (k+1)*B) of that rank's stream
+    source of global sample g : a seeded weighted draw (always 0 with one source)
+    block of that sample      : the source's next block; each source walks its own seeded
+                                permutation per epoch, epochs chained
+    rank r of R               : global samples g = r, r + R, r + 2R, ...
+    batch k of rank r         : that rank's samples [k*B, (k+1)*B)
     worker w of W             : batches start + w, start + w + W, ... (the DataLoader reads
-                                workers round-robin, so the rank sees batches in order)
+                                workers round-robin, so the rank sees its batches in order)
 """
 
 from __future__ import annotations
 
-import json
 import os
+from itertools import count
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from lmpretrain.data.shards import token_dtype
 from lmpretrain.errors import DataError
 
 ENCODE_BATCH = 1024  # lines per tokenizer.encode_batch call (the Rust side parallelizes)
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
+CHOICE_CHUNK = 1 << 16  # source draws generated per numpy call
 
 
 def write_token_file(
@@ -64,28 +65,74 @@ def write_token_file(
     return n_tokens
 
 
-def read_meta(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+class BlockSource:
+    """The blocks of one source (one or more token files; a block never spans two files).
+
+    `shuffle=True`: a new seeded permutation every epoch, and from the second epoch on a seeded
+    start offset in [0, block_size) so the model sees new block boundaries each epoch (nanoGPT
+    samples random offsets for the same reason). `shuffle=False`: file order, offset 0.
+    """
+
+    def __init__(self, files: Sequence[str], dtype: np.dtype, block_size: int, shuffle: bool, seed: int):
+        self.files, self.dtype, self.block_size = [str(f) for f in files], dtype, block_size
+        self.shuffle, self.seed = shuffle, seed
+        self.sizes = np.array([os.path.getsize(f) // dtype.itemsize for f in self.files], dtype=np.int64)
+        self._epoch_starts = [0]  # cumulative block count at the start of each epoch
+        self._cached: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, order, file block ends)
+
+    def offset(self, epoch: int) -> int:
+        if not self.shuffle or epoch == 0:
+            return 0
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 2 * epoch + 1)
+        return int(torch.randint(self.block_size, (1,), generator=gen))
+
+    def file_blocks(self, epoch: int) -> np.ndarray:
+        return np.maximum(0, (self.sizes - 1 - self.offset(epoch)) // self.block_size)
+
+    def num_blocks(self, epoch: int = 0) -> int:
+        return int(self.file_blocks(epoch).sum())
+
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._cached is None or self._cached[0] != epoch:
+            n = self.num_blocks(epoch)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + 2 * epoch)).numpy() \
+                if self.shuffle else np.arange(n)
+            self._cached = (epoch, order, np.cumsum(self.file_blocks(epoch)))
+        return self._cached[1], self._cached[2]
+
+    def epoch_of(self, k: int) -> tuple[int, int]:
+        """(epoch, position within it) of the k-th block of the chained-epochs stream."""
+        while self._epoch_starts[-1] <= k:
+            self._epoch_starts.append(self._epoch_starts[-1] + self.num_blocks(len(self._epoch_starts) - 1))
+        epoch = int(np.searchsorted(self._epoch_starts, k, side="right")) - 1
+        return epoch, k - self._epoch_starts[epoch]
+
+    def locate(self, k: int) -> tuple[int, int]:
+        """(file index, first token) of the k-th block of the stream."""
+        epoch, j = self.epoch_of(k)
+        order, ends = self._epoch(epoch)
+        block = int(order[j])
+        f = int(np.searchsorted(ends, block, side="right"))
+        first_in_file = block - (int(ends[f - 1]) if f else 0)
+        return f, self.offset(epoch) + first_in_file * self.block_size
 
 
 class PackedBlocks(IterableDataset):
-    """Blocks of `block_size + 1` tokens from a memory-mapped token file, sharded by rank and worker.
+    """Blocks of `block_size + 1` tokens from memory-mapped token files, mixed and sharded.
 
-    `shuffle=True`: a new seeded permutation every epoch, and from the second epoch on a seeded
-    start offset in [0, block_size) so the model sees different block boundaries each epoch
-    (nanoGPT samples random offsets for the same reason). Epochs are chained, so the stream is
-    infinite unless `epochs` is given. `shuffle=False`: blocks in file order, one epoch.
+    `sources`: one token file, or a list of sources each given as a list of files. `weights`:
+    sampling weight per source (default: proportional to size). `shuffle=True` gives an infinite
+    stream (epochs chained, or `epochs` passes over the first source); `shuffle=False` gives every
+    block of every source once, in order (validation).
     """
 
     def __init__(
         self,
-        token_file: str | os.PathLike,
+        sources: str | os.PathLike | Sequence[Sequence[str]],
         dtype: str,
         block_size: int,
         batch_size: int,
+        weights: Sequence[float] | None = None,
         shuffle: bool = True,
         seed: int = 0,
         epochs: int | None = None,
@@ -93,69 +140,63 @@ class PackedBlocks(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
     ):
-        self.token_file, self.dtype = str(token_file), np.dtype(dtype)
-        self.block_size, self.batch_size = block_size, batch_size
-        self.shuffle, self.seed = shuffle, seed
-        self.epochs = epochs if shuffle else 1
+        if isinstance(sources, (str, os.PathLike)):
+            sources = [[str(sources)]]
+        self.dtype, self.block_size, self.batch_size = np.dtype(dtype), block_size, batch_size
+        self.sources = [BlockSource(files, self.dtype, block_size, shuffle, seed + i) for i, files in enumerate(sources)]
+        self.shuffle, self.seed, self.epochs = shuffle, seed, epochs
         self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
-        self._offsets: dict[int, int] = {}
-        n_tokens = os.path.getsize(self.token_file) // self.dtype.itemsize
-        if self.num_blocks(0, n_tokens) < world_size:
+        sizes = np.array([s.num_blocks() for s in self.sources], dtype=np.float64)
+        if sizes.sum() < world_size or (shuffle and (sizes == 0).any()):
+            empty = [s.files for s, n in zip(self.sources, sizes) if n == 0] or [s.files for s in self.sources]
             raise DataError(
-                f"{self.token_file} holds {n_tokens} tokens, fewer than {world_size} block(s) of "
-                f"{block_size + 1}; use a bigger corpus or a smaller data.block_size"
+                f"too few tokens for a block of {block_size + 1} in {empty}; use a bigger corpus or a smaller "
+                f"data.block_size"
             )
-        self.n_tokens = n_tokens
+        w = sizes if weights is None else np.asarray(weights, dtype=np.float64)
+        if len(w) != len(self.sources) or (w < 0).any() or w.sum() <= 0:
+            raise DataError(f"data weights {list(w)} must be one non-negative number per source, not all zero")
+        self.weights = w / w.sum()
 
-    def num_blocks(self, epoch: int, n_tokens: int | None = None) -> int:
-        n = self.n_tokens if n_tokens is None else n_tokens
-        return (n - 1 - self._offset(epoch)) // self.block_size
-
-    def _offset(self, epoch: int) -> int:
-        if not self.shuffle or epoch == 0:
-            return 0
-        if epoch not in self._offsets:
-            self._offsets[epoch] = int(torch.randint(self.block_size, (1,), generator=self._gen(epoch, salt=1)))
-        return self._offsets[epoch]
-
-    def _gen(self, epoch: int, salt: int = 0) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 2 + salt)
-
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        n = self.num_blocks(epoch)
+    def _draws(self) -> Iterator[tuple[int, int]]:
+        """(source, k) for global samples 0, 1, 2, ...: the k-th block of that source's stream."""
         if not self.shuffle:
-            return np.arange(n)
-        return torch.randperm(n, generator=self._gen(epoch)).numpy()
-
-    def rank_stream(self) -> Iterator[tuple[int, int]]:
-        """(epoch, block id) in this rank's order, epochs chained."""
-        epoch = 0
-        while self.epochs is None or epoch < self.epochs:
-            for block in self.epoch_order(epoch)[self.rank :: self.world_size]:
-                yield epoch, int(block)
-            epoch += 1
-
-    def _batches_for_worker(self, worker: int, num_workers: int) -> Iterator[list[tuple[int, int]]]:
-        stream = self.rank_stream()
-        # Skip whole batches before `start_batch` (a resume) without reading tokens.
-        for _ in range(self.start_batch * self.batch_size):
-            next(stream, None)
-        k = 0
+            for s, source in enumerate(self.sources):
+                for k in range(source.num_blocks()):
+                    yield s, k
+            return
+        rng = np.random.Generator(np.random.PCG64(self.seed))
+        taken = np.zeros(len(self.sources), dtype=np.int64)
+        limit = None if self.epochs is None else sum(self.sources[0].num_blocks(e) for e in range(self.epochs))
         while True:
-            batch = [item for _, item in zip(range(self.batch_size), stream)]
-            if not batch:
-                return
-            if k % num_workers == worker:
-                yield batch
-            k += 1
+            draws = rng.choice(len(self.sources), size=CHOICE_CHUNK, p=self.weights) if len(self.sources) > 1 \
+                else np.zeros(CHOICE_CHUNK, dtype=np.int64)
+            for s in draws.tolist():
+                if limit is not None and taken[0] >= limit:
+                    return
+                yield s, int(taken[s])
+                taken[s] += 1
+
+    def _my_samples(self, worker: int, num_workers: int) -> Iterator[tuple[int, int]]:
+        """The (source, k) draws this rank and worker must produce, in order."""
+        for g, draw in zip(count(), self._draws()):
+            if g % self.world_size != self.rank:
+                continue
+            batch = (g // self.world_size) // self.batch_size
+            if batch >= self.start_batch and (batch - self.start_batch) % num_workers == worker:
+                yield draw
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        tokens = np.memmap(self.token_file, dtype=self.dtype, mode="r")
+        maps: dict[tuple[int, int], np.memmap] = {}
         span = self.block_size + 1
-        for batch in self._batches_for_worker(worker, num_workers):
-            for epoch, block in batch:
-                start = self._offset(epoch) + block * self.block_size
-                chunk = torch.from_numpy(tokens[start : start + span].astype(np.int64))
-                yield {"input_ids": chunk[:-1], "labels": chunk[1:]}
+        for s, k in self._my_samples(worker, num_workers):
+            f, start = self.sources[s].locate(k)
+            if (s, f) not in maps:
+                maps[(s, f)] = np.memmap(self.sources[s].files[f], dtype=self.dtype, mode="r")
+            chunk = torch.from_numpy(maps[(s, f)][start : start + span].astype(np.int64))
+            yield {"input_ids": chunk[:-1], "labels": chunk[1:]}
+
+
+__all__ = ["BlockSource", "PackedBlocks", "token_dtype", "write_token_file"]

@@ -14,18 +14,23 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-import lightning as L
-import torch
-from torch.utils.data import DataLoader
-
+from lmpretrain.config import to_dict
 from lmpretrain.data.corpus import SPLITS, TextSource, corpus_fingerprint, resolve_files
-from lmpretrain.data.packed import PackedBlocks, read_meta, token_dtype, write_token_file
+from lmpretrain.data.packed import token_dtype, write_token_file
+from lmpretrain.data.streaming import StreamingDataModule
 from lmpretrain.errors import ConfigError, DataError
 from lmpretrain.paths import cache_root, data_root
 from lmpretrain.tokenizers.build import TokenizerConfig, load_or_train_tokenizer, tokenizer_fingerprint
 
 
-class PackedTextDataModule(L.LightningDataModule):
+def read_meta(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+class PackedTextDataModule(StreamingDataModule):
     def __init__(
         self,
         files: list[str],
@@ -42,14 +47,13 @@ class PackedTextDataModule(L.LightningDataModule):
         checksums: dict[str, str] | None = None,
         urls: dict[str, str] | None = None,
     ):
-        super().__init__()
+        super().__init__(block_size, batch_size, num_workers, seed)
         if split not in ("tail", "hash"):
             raise ConfigError(f"data.split={split!r} must be 'tail' or 'hash'")
         if not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={val_fraction} must be in (0, 1)")
         self.files, self.field, self.split, self.val_fraction = list(files), field, split, val_fraction
-        self.tokenizer_cfg = TokenizerConfig(**(tokenizer or {}))
-        self.block_size, self.batch_size, self.num_workers, self.seed = block_size, batch_size, num_workers, seed
+        self.tokenizer_cfg = TokenizerConfig(**to_dict(tokenizer))  # plain lists: Hydra passes ListConfigs
         self.data_dir = Path(data_dir) if data_dir else data_root()
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.checksums, self.urls = dict(checksums or {}), dict(urls or {})
@@ -57,7 +61,6 @@ class PackedTextDataModule(L.LightningDataModule):
         self.tokenizer_path: Path | None = None
         self.token_files: dict[str, Path] = {}
         self.dtype = None
-        self.train_batches_seen = 0  # checkpointed: the resume position of the training stream
 
     # -- preparation -------------------------------------------------------------------------
     @property
@@ -114,44 +117,5 @@ class PackedTextDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
 
-    # -- loaders -----------------------------------------------------------------------------
-    def _dataset(self, part: str) -> PackedBlocks:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return PackedBlocks(
-            self.token_files[part],
-            self.dtype.name,
-            self.block_size,
-            self.batch_size,
-            shuffle=part == "train",
-            seed=self.seed,
-            start_batch=self.train_batches_seen if part == "train" else 0,
-            rank=rank,
-            world_size=world,
-        )
-
-    def _loader(self, part: str) -> DataLoader:
-        return DataLoader(
-            self._dataset(part),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    # -- exact resume ------------------------------------------------------------------------
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        if self.trainer is not None and self.trainer.training:
-            self.train_batches_seen += 1
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"train_batches_seen": self.train_batches_seen}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.train_batches_seen = int(state_dict["train_batches_seen"])
+    def sources(self, part: str) -> list[list[str]]:
+        return [[str(self.token_files[part])]]

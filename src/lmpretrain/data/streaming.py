@@ -1,0 +1,70 @@
+"""What the streaming DataModules share: rank-aware loaders and the resumable stream position."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from lmpretrain.data.packed import PackedBlocks
+
+
+class StreamingDataModule(L.LightningDataModule):
+    """Subclasses set `sources(part)` -> list of sources (each a list of token files), `dtype`,
+    `block_size`, `batch_size`, `num_workers`, `seed`, and optionally `weights`.
+
+    The number of training batches consumed is checkpointed (`state_dict`), so a resumed run's
+    stream starts at exactly the next batch the uninterrupted run would have drawn.
+    """
+
+    weights: list[float] | None = None
+
+    def __init__(self, block_size: int, batch_size: int, num_workers: int, seed: int):
+        super().__init__()
+        self.block_size, self.batch_size, self.num_workers, self.seed = block_size, batch_size, num_workers, seed
+        self.train_batches_seen = 0
+
+    def sources(self, part: str) -> list[list[str]]:
+        raise NotImplementedError
+
+    def dataset(self, part: str) -> PackedBlocks:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        train = part == "train"
+        return PackedBlocks(
+            self.sources(part),
+            self.dtype.name,
+            self.block_size,
+            self.batch_size,
+            weights=self.weights if train else None,
+            shuffle=train,
+            seed=self.seed,
+            start_batch=self.train_batches_seen if train else 0,
+            rank=rank,
+            world_size=world,
+        )
+
+    def _loader(self, part: str) -> DataLoader:
+        return DataLoader(
+            self.dataset(part),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training:
+            self.train_batches_seen += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"train_batches_seen": self.train_batches_seen}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_batches_seen = int(state_dict["train_batches_seen"])
