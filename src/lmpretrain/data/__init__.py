@@ -9,6 +9,7 @@ _EXPORTS = {
     "PackedBlocks": "lmpretrain.data.packed",
     "PackedTextDataModule": "lmpretrain.data.text",
     "ShardsDataModule": "lmpretrain.data.mixture",
+    "SentencePairDataModule": "lmpretrain.data.pairs",
 }
 
 

@@ -73,9 +73,9 @@ def make_pair(docs: list[list[np.ndarray]], index: int, task: str, max_tokens: i
         other += other >= index
         first = int(rng.integers(0, len(docs[other])))
         b = np.concatenate(docs[other][first:])
+    a, b = truncate_pair(a, b, max_tokens)  # before a swap, so the true A|B boundary survives
     if task == "sop" and label == 1:
         a, b = b, a
-    a, b = truncate_pair(a, b, max_tokens)
     return a, b, label
 
 

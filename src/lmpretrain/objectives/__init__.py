@@ -1,3 +1,7 @@
 from lmpretrain.objectives.causal_lm import CausalLMModule
+from lmpretrain.objectives.contrastive import ContrastiveModule
+from lmpretrain.objectives.masked_lm import MaskedLMModule
+from lmpretrain.objectives.multitask import MultitaskModule
+from lmpretrain.objectives.span_corruption import SpanCorruptionModule
 
-__all__ = ["CausalLMModule"]
+__all__ = ["CausalLMModule", "ContrastiveModule", "MaskedLMModule", "MultitaskModule", "SpanCorruptionModule"]
