@@ -13,7 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lmpretrain.config import CONF_DIR, check_model_fits_data, to_dict, wandb_offline_unless_configured
+from lmpretrain.distributed import resolve_trainer_config
 from lmpretrain.errors import exit_on_user_error
+from lmpretrain.objectives.base import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -21,18 +23,20 @@ log = logging.getLogger(__name__)
 def build(cfg: DictConfig):
     """Datamodule, LightningModule and Trainer from a composed config (no training)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    trainer_cfg = resolve_trainer_config(cfg)  # precision=auto, global batch -> accumulation; checked first
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # trains/loads the tokenizer: the model's vocabulary comes from it
     model = check_model_fits_data(to_dict(cfg.model), datamodule.block_size, datamodule.vocab_size)
     module = instantiate(cfg.objective, model=model, _convert_="all")
     module.tokenizer_json = datamodule.tokenizer.to_str()
+    module.runtime = RuntimeOptions(**to_dict(cfg.get("runtime")))
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger_cfgs = [c for c in (cfg.get("logger") or {}).values() if c is not None]
     if any("wandb" in str(c.get("_target_", "")).lower() for c in logger_cfgs):
         wandb_offline_unless_configured()
     loggers = [instantiate(c) for c in logger_cfgs]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
     return datamodule, module, trainer
 
 

@@ -67,7 +67,7 @@ def test_scheduler_steps_per_optimizer_step_in_every_param_group(name, kwargs, e
     "name,kwargs,message",
     [
         ("cosine_fancy", {}, "scheduler.name='cosine_fancy' is unknown"),
-        ("cosine", dict(warmup_steps=50, max_steps=10, min_lr=0.0), "scheduler.warmup_steps=50 exceeds scheduler.max_steps=10"),
+        ("cosine", dict(warmup_steps=-1, max_steps=10, min_lr=0.0), "scheduler.warmup_steps must be >= 0"),
         ("cosine_restarts", dict(warmup_steps=0, period=0), "scheduler.period must be >= 1"),
         ("cyclic", dict(mode="exp_range", max_steps=10, min_lr=0.0), "scheduler.mode='exp_range' must be"),
         ("wsd", dict(warmup_steps=0, max_steps=10, decay_shape="exp"), "scheduler.decay_shape='exp'"),

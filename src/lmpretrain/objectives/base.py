@@ -1,5 +1,6 @@
 """What every pretraining/fine-tuning LightningModule shares: optimizer and schedule from plain
-config dicts, the divergence check, and the tokenizer carried inside checkpoints.
+config dicts, the divergence check, the tokenizer carried inside checkpoints, and the runtime
+options (compile, activation checkpointing, FSDP2 sharding, fused loss) applied in `configure_model`.
 
 Hyperparameters are plain values only (the dicts that build the network, optimizer and
 schedule), so `Module.load_from_checkpoint(path)` rebuilds the module without Hydra.
@@ -7,11 +8,53 @@ schedule), so `Module.load_from_checkpoint(path)` rebuilds the module without Hy
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import lightning as L
 import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lmpretrain.errors import TrainingDivergedError
+from lmpretrain.models.blocks import Block
 from lmpretrain.optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class RuntimeOptions:
+    """How the network runs, not what it is (`runtime:` in conf/train.yaml); never a hyperparameter.
+
+    compile: `torch.compile` the network (in place, so checkpoint keys do not change) -- not the
+        LightningModule, whose `self.log` calls Dynamo cannot trace. Off by default: on a 2-core CPU
+        a compiled small model ran slower than eager; on GPUs it is the usual win.
+    activation_checkpointing: recompute each Transformer block's activations in backward instead of
+        storing them (about one extra forward of compute for O(layers) less activation memory).
+    fused_loss: compute LM-head logits and cross-entropy `loss_chunk_tokens` rows at a time,
+        recomputing each chunk in backward, so the (tokens, vocab) logits never exist at once.
+    """
+
+    compile: bool = False
+    compile_mode: str | None = None  # default | reduce-overhead | max-autotune
+    activation_checkpointing: bool = False
+    fused_loss: bool = False
+    loss_chunk_tokens: int = 4096
+
+
+def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(hidden @ weight.T, labels, ignore_index=-100, reduction="sum")
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` against labels (-100 ignored), `chunk` rows at a time.
+
+    hidden: (N, C); weight: (V, C); labels: (N,). Peak extra memory is one (chunk, V) logits block:
+    each chunk is recomputed in backward rather than stored.
+    """
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.size(0), chunk):
+        h, y = hidden[start : start + chunk], labels[start : start + chunk]
+        total = total + checkpoint(_chunk_loss_sum, h, weight, y, use_reentrant=False).float()
+    return total / (labels != -100).sum().clamp(min=1)
 
 
 class LMModule(L.LightningModule):
@@ -24,6 +67,44 @@ class LMModule(L.LightningModule):
         # The tokenizer as a `tokenizer.json` string: saved in every checkpoint so generation and
         # evaluation need nothing but the .ckpt file.
         self.tokenizer_json: str | None = None
+        self.runtime = RuntimeOptions()  # train.build() sets it from cfg.runtime
+        self._model_configured = False
+
+    def configure_model(self) -> None:
+        """Checkpointing, then sharding (when the strategy shards), then compile; once per module."""
+        if self._model_configured:
+            return
+        self._model_configured = True
+        blocks = [m for m in self.network.modules() if isinstance(m, Block)]
+        if self.runtime.activation_checkpointing:
+            from torch.distributed._composable import checkpoint as checkpoint_activations
+
+            for block in blocks:  # composable API: parameter names (checkpoint keys) stay the same
+                checkpoint_activations(block)
+        shard = getattr(self.trainer.strategy, "shard", None) if self._trainer is not None else None
+        if shard is not None:
+            shard(self.network)
+        if self.runtime.compile:
+            # Sharded: compile block by block so FSDP's hooks stay between compiled regions.
+            for module in blocks if shard is not None else [self.network]:
+                module.compile(mode=self.runtime.compile_mode)
+
+    def flops_per_token(self, seq_len: int) -> float | None:
+        """Training FLOPs (forward + backward) per input token: 6N for the weights plus the attention
+        scores, 12 * layers * width * seq_len (PaLM, appendix B); None if the network's shape is unknown.
+
+        Counts every input token, so objectives that put the loss on a subset (MLM's 15%) still pay
+        for the full forward and backward.
+        """
+        c = getattr(self.network, "config", None)
+        if not hasattr(c, "n_layer") or not hasattr(c, "n_embd"):
+            return None
+        layers = c.n_layer
+        if hasattr(c, "n_decoder_layer"):  # an encoder-decoder runs both stacks
+            layers += c.n_decoder_layer or c.n_layer
+        num_params = getattr(self.network, "num_params", None)  # GPT's excludes position embeddings (no matmul)
+        n = num_params() if num_params else sum(p.numel() for p in self.network.parameters())
+        return 6 * n + 12 * layers * c.n_embd * seq_len
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.network, **self.optimizer_cfg)

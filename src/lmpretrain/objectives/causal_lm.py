@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from lmpretrain.metrics import TokenNLL
 from lmpretrain.models import build_network
-from lmpretrain.objectives.base import LMModule
+from lmpretrain.objectives.base import LMModule, linear_cross_entropy
 
 
 class CausalLMModule(LMModule):
@@ -23,13 +23,18 @@ class CausalLMModule(LMModule):
         return self.network(input_ids)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.runtime.fused_loss:
+            hidden = self.network.features(batch["input_ids"])  # (B, T, C)
+            return linear_cross_entropy(hidden.flatten(0, 1), self.network.lm_head.weight,
+                                        batch["labels"].flatten(), self.runtime.loss_chunk_tokens)
         logits = self.network(batch["input_ids"])  # (B, T, V)
         return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
         self.check_finite(loss)
-        self.log("train/loss", loss, prog_bar=True)
+        # sync_dist: the mean over all ranks, i.e. the loss of the global batch (a no-op on one process).
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

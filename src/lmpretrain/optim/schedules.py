@@ -127,8 +127,6 @@ def check_schedule(name: str, kwargs: dict) -> None:
     problems = []
     if kwargs.get("warmup_steps", 0) < 0:
         problems.append("scheduler.warmup_steps must be >= 0")
-    if "max_steps" in kwargs and kwargs.get("warmup_steps", 0) > kwargs["max_steps"] > 0:
-        problems.append(f"scheduler.warmup_steps={kwargs['warmup_steps']} exceeds scheduler.max_steps={kwargs['max_steps']}")
     if name == "cosine_restarts" and (kwargs.get("period", 0) < 1 or kwargs.get("period_mult", 1.0) < 1.0):
         problems.append("scheduler.period must be >= 1 and scheduler.period_mult >= 1")
     if name == "cyclic" and kwargs.get("mode", "triangular") not in ("triangular", "one_cycle"):
