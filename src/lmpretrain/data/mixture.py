@@ -1,6 +1,6 @@
 """`ShardsDataModule`: the tokenized shards written by `lmpretrain.prepare`, mixed and streamed.
 
-Each source's shards are memory-mapped lazily; training draws sources by `weights` with a seeded
+Each source's shards are read lazily, block by block (pread); training draws sources by `weights` with a seeded
 generator (see `data/packed.py` for the exact order), packs blocks, and shards them across ranks
 and workers. Validation reads every source's validation shards once, in order. The tokenizer is
 the one `prepare` trained (`<dir>/tokenizer.json`), checked against the manifest's hash.

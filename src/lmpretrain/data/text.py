@@ -1,7 +1,7 @@
 """`PackedTextDataModule`: plain-text / jsonl files -> tokenizer -> packed blocks, streamed.
 
 `prepare_data` (once, on local rank 0) resolves and verifies the files, trains or loads the
-tokenizer, and tokenizes each split into a cached token file; `setup` memory-maps them. The
+tokenizer, and tokenizes each split into a cached token file; training reads blocks from them lazily. The
 corpus is never held in memory. The module's `state_dict` records how many training batches
 were consumed, so a checkpoint taken mid-epoch resumes with exactly the next batches.
 """
