@@ -6,7 +6,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from lmpretrain.models.hf_port import bert_from_hf, bert_to_hf, gpt2_from_hf, gpt2_to_hf  # noqa: E402
+from lmpretrain.models.hf_port import bert_from_hf, bert_to_hf, gpt2_from_hf, gpt2_to_hf
 
 TOL = 1e-5
 

@@ -92,7 +92,7 @@ WORDPIECE = {"kind": "wordpiece", "vocab_size": 300, "special_tokens": ["[PAD]",
 
 def corpus(tmp_path):
     rng = np.random.default_rng(0)
-    words = "the cat sat on a mat while dogs ran far away from home and birds sang loud songs".split()
+    words = ["the", "cat", "sat", "on", "a", "mat", "while", "dogs", "ran", "far", "away", "from", "home", "and", "birds", "sang", "loud", "songs"]
     with open(tmp_path / "docs.jsonl", "w") as f:
         for i in range(200):
             sents = [" ".join(rng.choice(words, rng.integers(3, 9))).capitalize() + "." for _ in range(3)]
@@ -102,7 +102,7 @@ def corpus(tmp_path):
 
 def test_datamodule_batches_for_sop_and_text_pairs(tmp_path):
     path = corpus(tmp_path)
-    common = dict(files=[str(path)], tokenizer=WORDPIECE, block_size=48, batch_size=8, cache_dir=str(tmp_path))
+    common = {"files": [str(path)], "tokenizer": WORDPIECE, "block_size": 48, "batch_size": 8, "cache_dir": str(tmp_path)}
     dm = SentencePairDataModule(task="sop", **common)
     dm.prepare_data()
     batch = next(iter(dm.train_dataloader()))
@@ -128,8 +128,8 @@ def test_datamodule_batches_for_sop_and_text_pairs(tmp_path):
 
 def test_train_stream_resumes_exactly(tmp_path):
     """Batches after a resume at batch k are the batches k, k+1, ... of a straight run."""
-    common = dict(files=[str(corpus(tmp_path))], task="nsp", tokenizer=WORDPIECE, block_size=48, batch_size=4,
-                  cache_dir=str(tmp_path))
+    common = {"files": [str(corpus(tmp_path))], "task": "nsp", "tokenizer": WORDPIECE, "block_size": 48, "batch_size": 4,
+                  "cache_dir": str(tmp_path)}
     straight = SentencePairDataModule(**common)
     straight.prepare_data()
     it = iter(straight.train_dataloader())

@@ -21,9 +21,9 @@ import gzip
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
 
 import lightning as L
 import numpy as np
@@ -31,7 +31,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lmpretrain.config import to_dict
-from lmpretrain.data.corpus import SPLITS, TextSource, corpus_fingerprint, in_val_by_hash, is_jsonl, resolve_files
+from lmpretrain.data.corpus import (
+    SPLITS,
+    TextSource,
+    corpus_fingerprint,
+    in_val_by_hash,
+    is_jsonl,
+    resolve_files,
+)
 from lmpretrain.data.shard_writer import sentence_ends
 from lmpretrain.errors import ConfigError, DataError
 from lmpretrain.paths import cache_root, data_root

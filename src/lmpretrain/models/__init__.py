@@ -36,5 +36,14 @@ def build_network(model: dict) -> nn.Module:
     return ARCHITECTURES[model.get("arch", "gpt")][0](model_config(model))
 
 
-__all__ = ["ARCHITECTURES", "GPT", "GPTConfig", "Encoder", "EncoderConfig", "EncoderDecoder",
-           "EncoderDecoderConfig", "build_network", "model_config"]
+__all__ = [
+    "ARCHITECTURES",
+    "GPT",
+    "Encoder",
+    "EncoderConfig",
+    "EncoderDecoder",
+    "EncoderDecoderConfig",
+    "GPTConfig",
+    "build_network",
+    "model_config",
+]

@@ -48,13 +48,13 @@ def word_start_table(tok: Tokenizer) -> torch.Tensor:
     pre = json.dumps(spec.get("pre_tokenizer"))
     if spec["model"]["type"] == "WordPiece":
         prefix = spec["model"].get("continuing_subword_prefix") or "##"
-        is_start = lambda t: not t.startswith(prefix)  # noqa: E731
+        is_start = lambda t: not t.startswith(prefix)
     elif "ByteLevel" in pre:
-        is_start = lambda t: t.startswith("Ġ")  # noqa: E731
+        is_start = lambda t: t.startswith("Ġ")
     elif "Metaspace" in pre:
-        is_start = lambda t: t.startswith("▁")  # noqa: E731
+        is_start = lambda t: t.startswith("▁")
     else:
-        is_start = lambda t: True  # noqa: E731
+        is_start = lambda t: True
     table = torch.ones(tok.get_vocab_size(), dtype=torch.bool)
     for token, i in tok.get_vocab(with_added_tokens=True).items():
         table[i] = is_start(token)

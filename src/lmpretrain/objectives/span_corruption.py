@@ -42,8 +42,8 @@ class SpanConfig:
 
     def counts(self, length: int) -> tuple[int, int]:
         """(noise tokens, noise spans) for a sequence of `length` tokens (T5's rounding)."""
-        n_noise = min(max(int(round(length * self.noise_density)), 1), length - 1)
-        n_spans = max(int(round(n_noise / self.mean_span_length)), 1)
+        n_noise = min(max(round(length * self.noise_density), 1), length - 1)
+        n_spans = max(round(n_noise / self.mean_span_length), 1)
         return n_noise, n_spans
 
 
@@ -103,8 +103,8 @@ class SpanCorruptionTask(Task):
         """input_ids (B, L) -> encoder inputs (B, L - noise + spans + 1), decoder inputs and labels."""
         if self.eos_id is None:
             raise RuntimeError("the module has no tokenizer yet; set module.tokenizer_json first")
-        B, L = input_ids.shape
-        n_noise, n_spans = self.cfg.counts(L)
+        L = input_ids.size(1)
+        _, n_spans = self.cfg.counts(L)
         if n_spans > self.cfg.n_sentinels:
             raise ConfigError(f"{n_spans} spans per {L}-token row need objective.n_sentinels >= {n_spans}")
         rng, rows = np.random.default_rng(seed), input_ids.cpu().numpy()
