@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 import lmpretrain.paths  # noqa: F401  (registers ${repo_root:}, ${data_root:}, ${cache_root:})
+import lmpretrain.sweeps  # noqa: F401  (registers ${run_name:}, ${run_group:})
 from lmpretrain.errors import ConfigError
 from lmpretrain.models import model_config
 

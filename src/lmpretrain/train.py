@@ -9,6 +9,8 @@ import logging
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -45,7 +47,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule, module, trainer = build(cfg)
     for lg in trainer.loggers:
         lg.log_hyperparams(to_dict(cfg))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        for lg in trainer.loggers:  # a sweep runs its jobs in one process: close each job's wandb run
+            if type(lg).__name__ == "WandbLogger" and lg._experiment is not None:
+                lg.experiment.finish()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
         log.info("best checkpoint: %s", trainer.checkpoint_callback.best_model_path)
@@ -53,8 +60,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        # Errors reach the sweeper, which records the run as failed and goes on to the next one.
+        return train_and_report(cfg)
+    return exit_on_user_error(train_and_report)(cfg)
+
+
+def train_and_report(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     log.info("final metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
     # Returned value = the objective of Hydra sweepers (e.g. Optuna minimizes val/loss).

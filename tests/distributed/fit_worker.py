@@ -14,7 +14,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest
 from conftest import make_cfg  # noqa: E402
-
 from lmpretrain.train import build  # noqa: E402
 
 

@@ -4,9 +4,9 @@ import re
 
 import pytest
 import torch
+from fit_worker import GlobalLoss
 
 from conftest import make_cfg
-from fit_worker import GlobalLoss
 from lmpretrain.distributed import accumulation_for, resolve_precision, world_size
 from lmpretrain.errors import ConfigError, find_user_error
 from lmpretrain.train import build

@@ -1,0 +1,48 @@
+"""Names for the runs of a sweep, as `${run_name:}` / `${run_group:}` resolvers for the loggers.
+
+A single run is named and grouped by `task_name`. In a multirun (`-m` grid or `hparams_search`),
+every run is its own wandb run named from its overrides (`train:optimizer.lr=0.003,model=gpt_small`)
+and all runs of one sweep share a group named after the sweep (`train/2026-01-31_12-00-00`), so
+wandb shows them side by side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+# Overrides that choose *how* to sweep or log, not what a run is: left out of run names.
+NOT_IN_NAME = ("hydra.", "hydra/", "hparams_search", "logger", "debug", "paths.", "ckpt_path")
+
+
+def _multirun():
+    hc = HydraConfig.get() if HydraConfig.initialized() else None
+    return hc if hc is not None and hc.mode == RunMode.MULTIRUN else None
+
+
+def run_name(task_name: str) -> str:
+    hc = _multirun()
+    if hc is None:
+        return task_name
+    overrides = [o for o in hc.overrides.task if not o.lstrip("+~").startswith(NOT_IN_NAME)]
+    return f"{task_name}:{','.join(overrides)}" if overrides else f"{task_name}:{hc.job.num}"
+
+
+def run_group(task_name: str) -> str:
+    hc = _multirun()
+    if hc is None:
+        return task_name
+    sweep_dir = Path(hc.sweep.dir)
+    return f"{task_name}/{sweep_dir.parent.name}_{sweep_dir.name}"
+
+
+def register_resolvers() -> None:
+    for name, fn in {"run_name": run_name, "run_group": run_group}.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()
