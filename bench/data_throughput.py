@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 
 from lmpretrain.config import CONF_DIR
 from lmpretrain.data import ShardsDataModule
@@ -35,11 +37,11 @@ def prepare_shards(out: Path) -> None:
         cfg = compose("prepare", overrides=[
             f"output_dir={out}", "workers=1", "progress=false", "report.plots=false", "tokenizer.vocab_size=4096",
             f"+sources.debian.path={data_root()}/debian_packages.validation.jsonl.gz", "+sources.debian.format=jsonl",
-            "+sources.debian.field=description", "paths.output_dir=null",
+            "+sources.debian.field=description",
         ], return_hydra_config=True)
-    from hydra.core.hydra_config import HydraConfig
-
     HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra  # as under @hydra.main
     prepare(cfg)
 
 
