@@ -43,6 +43,7 @@ from lmpretrain.cleaning.normalize import NormalizeConfig
 from lmpretrain.cleaning.report import NgramSample, ReportConfig, fallback_mask, source_report, write_plots
 from lmpretrain.cleaning.sentences import SentenceConfig
 from lmpretrain.cleaning.sources import SourceConfig, input_stats
+from lmpretrain.data.corpus import sha256_file
 from lmpretrain.data.shard_writer import ShardWriter, plan_shards
 from lmpretrain.data.shards import (
     FORMAT,
@@ -180,23 +181,15 @@ def get_tokenizer(pc: PrepareConfig, sources: list[CleanedSource], out: Path, wo
     """Load `tokenizer.path` or train on the training split; saved as <out>/tokenizer.json. A
     resumed run reuses the tokenizer its earlier attempt saved (recorded in .work)."""
     path, marker = out / "tokenizer.json", work / "tokenizer.sha256"
-    if marker.is_file() and path.is_file() and _sha256(path) == marker.read_text():
+    if marker.is_file() and path.is_file() and sha256_file(path) == marker.read_text():
         return Tokenizer.from_file(str(path))
     if pc.tokenizer.path:
         tok = Tokenizer.from_file(str(Path(pc.tokenizer.path).expanduser()))
     else:
         tok = train_tokenizer(pc.tokenizer, _texts_for_tokenizer(sources))
     atomic_write(path, lambda tmp: tok.save(str(tmp)))
-    atomic_write(marker, lambda tmp: tmp.write_text(_sha256(path)))
+    atomic_write(marker, lambda tmp: tmp.write_text(sha256_file(path)))
     return tok
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _split_totals(shard_stats: dict[str, dict], infos: list[ShardInfo]) -> dict[str, dict]:
@@ -234,7 +227,7 @@ def write_outputs(pc: PrepareConfig, sources: list[CleanedSource], out: Path, wo
         _write_report(pc, reports, counts, out)
     manifest = {
         "format": FORMAT, "version": VERSION, "fingerprint": fp, "dtype": dtype.name, "vocab_size": vocab_size,
-        "eos_id": eos_id, "tokenizer": {"file": "tokenizer.json", "sha256": _sha256(out / "tokenizer.json")},
+        "eos_id": eos_id, "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(out / "tokenizer.json")},
         "sources": {name: {"path": src.path, "format": src.format, **{k: {s: reports[name]["splits"][s][k]
                     for s in SPLITS} for k in ("documents", "tokens")}} for name, src in pc.sources.items()},
         "counts": counts,

@@ -15,9 +15,10 @@ import os
 import shutil
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from lmpretrain.errors import DataError
 

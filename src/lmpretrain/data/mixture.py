@@ -8,11 +8,11 @@ the one `prepare` trained (`<dir>/tokenizer.json`), checked against the manifest
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from lmpretrain.data.corpus import sha256_file
 from lmpretrain.data.shards import SPLITS, read_manifest
 from lmpretrain.data.streaming import StreamingDataModule
 from lmpretrain.errors import ConfigError, DataError
@@ -39,7 +39,7 @@ class ShardsDataModule(StreamingDataModule):
             return
         manifest = read_manifest(self.dir)
         tok_path = self.dir / manifest.raw["tokenizer"]["file"]
-        if hashlib.sha256(tok_path.read_bytes()).hexdigest() != manifest.tokenizer_sha256:
+        if sha256_file(tok_path) != manifest.tokenizer_sha256:
             raise DataError(f"{tok_path} does not match the manifest's tokenizer hash; re-run lmpretrain.prepare")
         self.tokenizer = Tokenizer.from_file(str(tok_path))
         self.manifest, self.dtype = manifest, manifest.dtype
