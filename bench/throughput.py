@@ -7,6 +7,10 @@ step, `train/loss` logged every step, the throughput callback), and (b) nanoGPT'
 forward, cross-entropy, backward, clip, AdamW step, schedule step. Both see identical batches
 from the tiny-shakespeare DataModule. Runs alternate (a, b, a, b, ...) so drift in machine speed
 hits both; the best run of each is reported. Prints tokens/s of each and the ratio (target >= 0.95).
+
+`--extra compiled,bf16` adds bare-loop variants: the network under `torch.compile` (inductor) and
+under bf16 autocast. Every line also shows MFU: model FLOPs (the objective's 6N + attention count)
+over the peak of this device (CPU: the measured best fp32 / bf16 matmul rate, printed too).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from lmpretrain.callbacks.throughput import peak_flops
 from lmpretrain.data import PackedTextDataModule
 from lmpretrain.objectives import CausalLMModule
 from lmpretrain.optim import build_optimizer, build_scheduler
@@ -57,22 +62,26 @@ def lightning_run(batches, model_cfg, opt, sched, warmup) -> float:
         enable_model_summary=False, gradient_clip_val=1.0, limit_val_batches=0, num_sanity_val_steps=0,
         callbacks=[timer, TokenThroughput()], accelerator="cpu", devices=1, precision="32-true",
     )
-    trainer.fit(module, train_dataloaders=batches)
+    # batch_size=None: the pre-made batches as they are (a bare list would read as one loader per batch)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
     n_tokens = sum(b["input_ids"].numel() for b in batches[warmup:])
     return n_tokens / (timer.end - timer.start)
 
 
-def bare_run(batches, model_cfg, opt, sched, warmup) -> float:
+def bare_run(batches, model_cfg, opt, sched, warmup, compiled: bool = False, bf16: bool = False) -> float:
     torch.manual_seed(0)
     network = CausalLMModule(model_cfg, opt, sched).network  # the same nn.Module, no Lightning around it
+    if compiled:
+        network.compile()  # compiles on the first (warm-up) batch
     optimizer = build_optimizer(network, **opt)
     scheduler = build_scheduler(optimizer, **sched)
     network.train()
     for i, batch in enumerate(batches):
         if i == warmup:
             start = time.perf_counter()
-        logits = network(batch["input_ids"])
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = network(batch["input_ids"])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
         optimizer.step()
@@ -89,7 +98,9 @@ def main(argv=None) -> float:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--model", default="gpt_tiny")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--extra", default="", help="comma-separated bare-loop variants: compiled, bf16")
     args = p.parse_args(argv)
+    extra = [v for v in args.extra.split(",") if v]
 
     model_cfg, opt = load_cfgs(args.model)
     dm = PackedTextDataModule(["tinyshakespeare.txt"], tokenizer={"kind": "char", "unk_token": "<unk>"},
@@ -100,15 +111,26 @@ def main(argv=None) -> float:
     batches = [next(it) for _ in range(args.steps)]
     sched = {"name": "cosine", "warmup_steps": 100, "max_steps": args.steps, "min_lr": 1e-4}
 
-    results = {"lightning": [], "bare": []}
+    results = {"lightning": [], "bare": [], **{f"bare_{v}": [] for v in extra}}
     for _ in range(args.repeats):
         results["lightning"].append(lightning_run(batches, model_cfg, opt, sched, args.warmup))
         results["bare"].append(bare_run(batches, model_cfg, opt, sched, args.warmup))
+        for v in extra:
+            results[f"bare_{v}"].append(bare_run(batches, model_cfg, opt, sched, args.warmup,
+                                                 compiled=v == "compiled", bf16=v == "bf16"))
     best = {k: max(v) for k, v in results.items()}
     ratio = best["lightning"] / best["bare"]
+    flops_per_token = CausalLMModule(model_cfg).flops_per_token(model_cfg["block_size"])
+    peaks = {p: peak_flops(torch.device("cpu"), p) for p in ("32-true", "bf16-mixed")}
     print(f"model={args.model} steps={args.steps} batch=12x{model_cfg['block_size']} threads={torch.get_num_threads()}")
+    print(f"model FLOPs/token {flops_per_token:,.0f}; measured CPU peak fp32 {peaks['32-true'] / 1e9:,.1f} "
+          f"GFLOP/s, bf16 {peaks['bf16-mixed'] / 1e9:,.1f} GFLOP/s")
     for k, v in results.items():
-        print(f"{k:>10}: best {best[k]:,.0f} tokens/s  (runs: {', '.join(f'{x:,.0f}' for x in v)})")
+        peak = peaks["bf16-mixed" if k.endswith("bf16") else "32-true"]
+        mfu = best[k] * flops_per_token / peak
+        print(f"{k:>14}: best {best[k]:,.0f} tokens/s  MFU {mfu:.1%}  (runs: {', '.join(f'{x:,.0f}' for x in v)})")
+    for v in extra:
+        print(f"ratio bare_{v}/bare = {best[f'bare_{v}'] / best['bare']:.3f}")
     print(f"ratio lightning/bare = {ratio:.3f}  (target >= 0.95)")
     return ratio
 
