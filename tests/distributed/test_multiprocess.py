@@ -57,6 +57,7 @@ def test_ddp_two_processes_match_one_process(reference, tmp_path):
     assert_same_curve(reference["val"], ddp["val"], [4, 8, 12])
 
 
+@pytest.mark.slow  # 3 two-process runs: ~45 s
 def test_fsdp_matches_one_process_and_sharded_checkpoint_resumes_and_consolidates(reference, tmp_path):
     first = run(tmp_path / "out.json", *TWO_PROCESSES, "strategy=fsdp", "trainer.max_steps=8")
     assert first["param_types"] == ["DTensor"]  # really sharded
