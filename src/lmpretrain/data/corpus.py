@@ -99,9 +99,10 @@ def resolve_files(
     return out
 
 
-def corpus_fingerprint(paths: list[Path]) -> str:
-    """Cheap identity of a corpus: path, size and mtime of each file (no full read)."""
-    h = hashlib.sha256()
+def corpus_fingerprint(paths: list[Path], *settings) -> str:
+    """Cheap identity of a corpus: path, size and mtime of each file (no full read), plus the
+    `settings` that change which text is read (field, split, validation fraction)."""
+    h = hashlib.sha256(repr(settings).encode())
     for p in paths:
         st = p.stat()
         h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -195,3 +196,30 @@ def _json_field(line: str, field: str, path: Path, lineno: int) -> str | None:
     if not isinstance(value, str):
         raise DataError(f"{path}:{lineno}: field {field!r} is {type(value).__name__}, not text; set data.field")
     return value
+
+
+def open_corpus(
+    files: list[str],
+    field: str,
+    split: str,
+    val_fraction: float,
+    tokenizer_cfg,
+    data_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    checksums: dict[str, str] | None = None,
+    urls: dict[str, str] | None = None,
+):
+    """Resolve the files and load (or train and cache) their tokenizer.
+
+    Returns (TextSource, corpus fingerprint, tokenizer). The tokenizer is trained on the training
+    split's text, so the field and split settings are part of the fingerprint, not only the files.
+    """
+    from lmpretrain.tokenizers.build import load_or_train_tokenizer  # the tokenizers import is not free
+
+    paths = resolve_files(files, data_dir, cache_dir, checksums, urls)
+    source = TextSource(paths, field, split, val_fraction)
+    fingerprint = corpus_fingerprint(paths, field, split, val_fraction)
+    tokenizer, _ = load_or_train_tokenizer(
+        tokenizer_cfg, lambda: source.texts("train"), fingerprint, Path(cache_dir) / "tokenizers"
+    )
+    return source, fingerprint, tokenizer

@@ -25,24 +25,17 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from lmpretrain.config import to_dict
-from lmpretrain.data.corpus import (
-    SPLITS,
-    TextSource,
-    corpus_fingerprint,
-    in_val_by_hash,
-    is_jsonl,
-    resolve_files,
-)
+from lmpretrain.data.corpus import SPLITS, TextSource, in_val_by_hash, is_jsonl, open_corpus
 from lmpretrain.data.shard_writer import sentence_ends
+from lmpretrain.data.streaming import StreamingDataModule
 from lmpretrain.errors import ConfigError, DataError
 from lmpretrain.paths import cache_root, data_root
-from lmpretrain.tokenizers.build import TokenizerConfig, load_or_train_tokenizer, tokenizer_fingerprint
+from lmpretrain.tokenizers.build import TokenizerConfig, tokenizer_fingerprint
 
 TASKS = ("nsp", "sop", "texts")
 
@@ -169,7 +162,9 @@ def read_records(paths: list[Path], field: str, field_b: str, val_fraction: floa
                     yield record[field], record[field_b]
 
 
-class SentencePairDataModule(L.LightningDataModule):
+class SentencePairDataModule(StreamingDataModule):
+    collate_fn = staticmethod(trim_padding)
+
     def __init__(
         self,
         files: list[str],
@@ -192,7 +187,7 @@ class SentencePairDataModule(L.LightningDataModule):
         checksums: dict[str, str] | None = None,
         urls: dict[str, str] | None = None,
     ):
-        super().__init__()
+        super().__init__(block_size, batch_size, num_workers, seed)
         if task not in TASKS:
             raise ConfigError(f"data.task={task!r} must be one of {TASKS}")
         if field_b is not None and task != "texts":
@@ -203,14 +198,12 @@ class SentencePairDataModule(L.LightningDataModule):
         self.split, self.val_fraction, self.max_documents = split, val_fraction, max_documents
         self.tokenizer_cfg = TokenizerConfig(**to_dict(tokenizer))  # plain lists: Hydra passes ListConfigs
         self.special = {"cls": cls_token, "sep": sep_token, "pad": pad_token}
-        self.block_size, self.batch_size, self.num_workers, self.seed = block_size, batch_size, num_workers, seed
         self.data_dir = Path(data_dir) if data_dir else data_root()
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.checksums, self.urls = dict(checksums or {}), dict(urls or {})
         self.tokenizer = None
         self.docs: dict[str, list] = {}
         self.docs_b: dict[str, list | None] = {}
-        self.train_batches_seen = 0  # checkpointed: the resume position of the training stream
 
     @property
     def vocab_size(self) -> int:
@@ -220,11 +213,10 @@ class SentencePairDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if self.docs:
             return
-        paths = resolve_files(self.files, self.data_dir, self.cache_dir, self.checksums, self.urls)
-        source = TextSource(paths, self.field, self.split, self.val_fraction)
-        fingerprint = corpus_fingerprint(paths)
-        self.tokenizer, _ = load_or_train_tokenizer(
-            self.tokenizer_cfg, lambda: source.texts("train"), fingerprint, self.cache_dir / "tokenizers")
+        source, fingerprint, self.tokenizer = open_corpus(
+            self.files, self.field, self.split, self.val_fraction, self.tokenizer_cfg, self.data_dir, self.cache_dir,
+            self.checksums, self.urls)
+        paths = source.paths
         self.ids = {}
         for role, token in self.special.items():
             if (tid := self.tokenizer.token_to_id(token)) is None:
@@ -284,32 +276,12 @@ class SentencePairDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
 
-    def _loader(self, part: str) -> DataLoader:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        dataset = PairExamples(self.docs[part], self.docs_b[part], self.task, self.ids, self.block_size,
-                               self.batch_size, shuffle=part == "train", seed=self.seed,
-                               start_batch=self.train_batches_seen if part == "train" else 0, rank=rank,
-                               world_size=world)
-        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                          collate_fn=trim_padding, pin_memory=torch.cuda.is_available())
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        if self.trainer is not None and self.trainer.training:
-            self.train_batches_seen += 1
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"train_batches_seen": self.train_batches_seen}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.train_batches_seen = int(state_dict["train_batches_seen"])
+    def dataset(self, part: str) -> IterableDataset:
+        rank, world = self.rank_and_world()
+        return PairExamples(self.docs[part], self.docs_b[part], self.task, self.ids, self.block_size,
+                            self.batch_size, shuffle=part == "train", seed=self.seed,
+                            start_batch=self.train_batches_seen if part == "train" else 0, rank=rank,
+                            world_size=world)
 
 
 def _cat(arrays: list[np.ndarray]) -> np.ndarray:

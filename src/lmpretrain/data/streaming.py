@@ -10,14 +10,15 @@ from lmpretrain.data.packed import PackedBlocks
 
 
 class StreamingDataModule(L.LightningDataModule):
-    """Subclasses set `sources(part)` -> list of sources (each a list of token files), `dtype`,
-    `block_size`, `batch_size`, `num_workers`, `seed`, and optionally `weights`.
+    """Subclasses give `sources(part)` -> list of sources (each a list of token files), `dtype`, and
+    optionally `weights`; or override `dataset(part)` for another kind of stream.
 
     The number of training batches consumed is checkpointed (`state_dict`), so a resumed run's
     stream starts at exactly the next batch the uninterrupted run would have drawn.
     """
 
     weights: list[float] | None = None
+    collate_fn = None  # DataLoader collate; None = stack equal-length samples
 
     def __init__(self, block_size: int, batch_size: int, num_workers: int, seed: int):
         super().__init__()
@@ -27,9 +28,13 @@ class StreamingDataModule(L.LightningDataModule):
     def sources(self, part: str) -> list[list[str]]:
         raise NotImplementedError
 
-    def dataset(self, part: str) -> PackedBlocks:
+    def rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def dataset(self, part: str):
+        """The stream of `part` for this rank, resuming training where the checkpoint left off."""
+        rank, world = self.rank_and_world()
         train = part == "train"
         return PackedBlocks(
             self.sources(part),
@@ -49,6 +54,7 @@ class StreamingDataModule(L.LightningDataModule):
             self.dataset(part),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
             pin_memory=torch.cuda.is_available(),
         )
 

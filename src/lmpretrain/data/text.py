@@ -15,12 +15,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lmpretrain.config import to_dict
-from lmpretrain.data.corpus import SPLITS, TextSource, corpus_fingerprint, resolve_files
+from lmpretrain.data.corpus import SPLITS, open_corpus
 from lmpretrain.data.packed import token_dtype, write_token_file
 from lmpretrain.data.streaming import StreamingDataModule
 from lmpretrain.errors import ConfigError, DataError
 from lmpretrain.paths import cache_root, data_root
-from lmpretrain.tokenizers.build import TokenizerConfig, load_or_train_tokenizer, tokenizer_fingerprint
+from lmpretrain.tokenizers.build import TokenizerConfig, tokenizer_fingerprint
 
 
 def read_meta(path: Path) -> dict | None:
@@ -58,7 +58,6 @@ class PackedTextDataModule(StreamingDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.checksums, self.urls = dict(checksums or {}), dict(urls or {})
         self.tokenizer = None
-        self.tokenizer_path: Path | None = None
         self.token_files: dict[str, Path] = {}
         self.dtype = None
 
@@ -77,12 +76,11 @@ class PackedTextDataModule(StreamingDataModule):
         """Idempotent and cached: a second call (or a second rank) only opens the cache."""
         if self.token_files:
             return
-        paths = resolve_files(self.files, self.data_dir, self.cache_dir, self.checksums, self.urls)
-        source = TextSource(paths, self.field, self.split, self.val_fraction)
-        fingerprint = corpus_fingerprint(paths)
-        self.tokenizer, self.tokenizer_path = load_or_train_tokenizer(
-            self.tokenizer_cfg, lambda: source.texts("train"), fingerprint, self.cache_dir / "tokenizers"
+        source, fingerprint, self.tokenizer = open_corpus(
+            self.files, self.field, self.split, self.val_fraction, self.tokenizer_cfg, self.data_dir, self.cache_dir,
+            self.checksums, self.urls,
         )
+        paths = source.paths
         if self.tokenizer_cfg.eos_token is not None and self.eos_id is None:
             raise ConfigError(
                 f"tokenizer has no {self.tokenizer_cfg.eos_token!r} token; set tokenizer.eos_token to one it has, or null"
@@ -90,7 +88,7 @@ class PackedTextDataModule(StreamingDataModule):
         self.dtype = token_dtype(self.tokenizer.get_vocab_size())
         key = hashlib.sha256(
             json.dumps(
-                [fingerprint, tokenizer_fingerprint(self.tokenizer), self.field, self.split, self.val_fraction,
+                [fingerprint, tokenizer_fingerprint(self.tokenizer),
                  self.eos_id, asdict(self.tokenizer_cfg)],
                 sort_keys=True,
             ).encode()
