@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmpretrain.errors import ConfigError
+
 POSITIONS = ("learned", "sinusoidal", "rotary")
 # gelu: exact (erf) GELU, as BERT; gelu_tanh: the tanh approximation GPT-2 was trained with
 # ("gelu_new" in transformers); relu: the original Transformer and T5 v1.0.
@@ -21,6 +23,24 @@ ACTIVATIONS = {
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
 }
+
+
+def check_layer_config(cfg) -> None:
+    """The checks every model config shares (width, heads, positions, activation, dropout), all
+    problems reported at once as one ConfigError naming the keys."""
+    problems = []
+    if cfg.n_embd % cfg.n_head:
+        problems.append(f"model.n_embd={cfg.n_embd} must be divisible by model.n_head={cfg.n_head}")
+    if cfg.position not in POSITIONS:
+        problems.append(f"model.position={cfg.position!r} must be one of {POSITIONS}")
+    elif cfg.position == "rotary" and (cfg.n_embd // cfg.n_head) % 2:
+        problems.append("model.position=rotary needs an even head size (n_embd / n_head)")
+    if cfg.activation not in ACTIVATIONS:
+        problems.append(f"model.activation={cfg.activation!r} must be one of {sorted(ACTIVATIONS)}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        problems.append(f"model.dropout={cfg.dropout} must be in [0, 1)")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:

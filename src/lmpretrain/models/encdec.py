@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lmpretrain.errors import ConfigError
-from lmpretrain.models.blocks import ACTIVATIONS, POSITIONS, Block, Rotary, sinusoidal_table
+from lmpretrain.models.blocks import Block, Rotary, check_layer_config, sinusoidal_table
 from lmpretrain.models.encoder import padding_mask
 
 
@@ -34,19 +34,7 @@ class EncoderDecoderConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.n_embd % self.n_head:
-            problems.append(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
-        if self.position not in POSITIONS:
-            problems.append(f"model.position={self.position!r} must be one of {POSITIONS}")
-        if self.position == "rotary" and (self.n_embd // self.n_head) % 2:
-            problems.append("model.position=rotary needs an even head size (n_embd / n_head)")
-        if self.activation not in ACTIVATIONS:
-            problems.append(f"model.activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"model.dropout={self.dropout} must be in [0, 1)")
-        if problems:
-            raise ConfigError("; ".join(problems))
+        check_layer_config(self)
         if self.n_decoder_layer is None:
             self.n_decoder_layer = self.n_layer
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lmpretrain.errors import ConfigError
-from lmpretrain.models.blocks import ACTIVATIONS, POSITIONS, Block, Rotary, sinusoidal_table
+from lmpretrain.models.blocks import ACTIVATIONS, Block, Rotary, check_layer_config, sinusoidal_table
 
 
 @dataclass
@@ -35,17 +35,7 @@ class EncoderConfig:
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.n_embd % self.n_head:
-            problems.append(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
-        if self.position not in POSITIONS:
-            problems.append(f"model.position={self.position!r} must be one of {POSITIONS}")
-        if self.activation not in ACTIVATIONS:
-            problems.append(f"model.activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"model.dropout={self.dropout} must be in [0, 1)")
-        if problems:
-            raise ConfigError("; ".join(problems))
+        check_layer_config(self)
 
     @property
     def head_dim(self) -> int:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmpretrain.errors import ConfigError
-from lmpretrain.models.blocks import ACTIVATIONS, POSITIONS, Block, Rotary, sinusoidal_table
+from lmpretrain.models.blocks import Block, Rotary, check_layer_config, sinusoidal_table
 
 
 @dataclass
@@ -31,19 +31,7 @@ class GPTConfig:
     activation: str = "gelu"  # gelu | gelu_tanh (GPT-2's own weights) | relu
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.n_embd % self.n_head:
-            problems.append(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
-        if self.position not in POSITIONS:
-            problems.append(f"model.position={self.position!r} must be one of {POSITIONS}")
-        if self.position == "rotary" and (self.n_embd // self.n_head) % 2:
-            problems.append("model.position=rotary needs an even head size (n_embd / n_head)")
-        if self.activation not in ACTIVATIONS:
-            problems.append(f"model.activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"model.dropout={self.dropout} must be in [0, 1)")
-        if problems:
-            raise ConfigError("; ".join(problems))
+        check_layer_config(self)
 
     @property
     def head_dim(self) -> int:
