@@ -43,6 +43,15 @@ def check_layer_config(cfg) -> None:
         raise ConfigError("; ".join(problems))
 
 
+def init_weights(module: nn.Module) -> None:
+    """GPT-2/BERT initialisation, for `model.apply`: N(0, 0.02) matrices and embeddings, zero biases
+    (norms keep their unit gain)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
     """The fixed sin/cos position table of "Attention Is All You Need": (n_positions, dim)."""
     pos = torch.arange(n_positions, dtype=torch.float32)[:, None]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lmpretrain.errors import ConfigError
-from lmpretrain.models.blocks import Block, Rotary, check_layer_config, sinusoidal_table
+from lmpretrain.models.blocks import Block, Rotary, check_layer_config, init_weights, sinusoidal_table
 from lmpretrain.models.encoder import padding_mask
 
 
@@ -64,14 +64,7 @@ class EncoderDecoder(nn.Module):
         self.dec_norm = nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        self.apply(init_weights)
 
     def _embed(self, ids: torch.Tensor, pos: nn.Embedding | None) -> torch.Tensor:
         T = ids.size(1)

@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from lmpretrain.errors import ConfigError
-from lmpretrain.models.blocks import ACTIVATIONS, Block, Rotary, check_layer_config, sinusoidal_table
+from lmpretrain.models.blocks import (
+    ACTIVATIONS,
+    Block,
+    Rotary,
+    check_layer_config,
+    init_weights,
+    sinusoidal_table,
+)
 
 
 @dataclass
@@ -88,15 +95,7 @@ class Encoder(nn.Module):
         self.mlm_head = MLMHead(c)
         if c.tie_embeddings:
             self.mlm_head.decoder.weight = self.tok_emb.weight
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # BERT: N(0, 0.02) for every matrix, zero biases, unit norms.
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        self.apply(init_weights)
 
     def features(
         self,
