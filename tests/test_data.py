@@ -165,3 +165,19 @@ def test_download_once_into_cache_with_checksum(tmp_path):
     with pytest.raises(DataError, match="download of .* has sha256"):
         resolve_files(["x.txt"], empty_data_dir, cache, {"x.txt": "0" * 64}, {"x.txt": url})
     assert not (cache / "downloads" / "x.txt").exists()  # a bad download never becomes visible
+
+
+def test_wordpiece_and_unigram_train_to_the_requested_vocabulary():
+    require_data("tinyshakespeare.txt")
+    text = SHAKESPEARE.read_text(encoding="utf-8")
+    sample = text[:3000]
+    for kind in ("wordpiece", "unigram"):
+        tok = train_tokenizer(TokenizerConfig(kind=kind, vocab_size=800), iter(text.splitlines(keepends=True)))
+        assert tok.get_vocab_size() == 800, kind
+        ids = tok.encode(sample).ids
+        assert len(ids) < len(sample) / 2, kind  # subwords, not characters
+        decoded = tok.decode(ids)
+        if kind == "unigram":  # SentencePiece-style: lossless, whitespace and newlines included
+            assert decoded == sample
+        else:  # WordPiece (BERT) splits punctuation and normalises whitespace: same words, not same bytes
+            assert "".join(decoded.split()) == "".join(sample.split())
