@@ -9,19 +9,24 @@
 
 Segment ids (`token_type_ids`) are 0 for [CLS] A [SEP] and 1 for B [SEP]. Sentences come from
 `lmpretrain.cleaning.sentences` mapped onto token offsets, so text is tokenized once per document.
-Tokenized splits are cached under `cache_dir/pairs/<key>`; examples are drawn fresh each epoch
-from a generator seeded by (seed, epoch, document), so a run, its resume and every rank agree.
-Unlike `PackedTextDataModule`, the tokenized corpus is held in memory (ids only: ~4 bytes a token);
-`max_documents` caps it.
+Tokenized splits are cached under `cache_dir/pairs/<key>/<split>/` as flat arrays (written while
+the corpus streams through the tokenizer, batch by batch) and read back through `np.memmap`, so
+neither tokenizing nor training holds the corpus in memory; `TokenizedDocs` slices a document's
+sentences out of the maps on demand. Examples are drawn fresh each epoch from a generator seeded
+by (seed, epoch, document), so a run, its resume and every rank agree. `max_documents` optionally
+caps the documents read per split.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,6 +43,10 @@ from lmpretrain.paths import cache_root, data_root
 from lmpretrain.tokenizers.build import TokenizerConfig, tokenizer_fingerprint
 
 TASKS = ("nsp", "sop", "texts")
+ENCODE_BATCH = 1024  # texts per tokenizer call while a split streams into its cache
+CACHE_FORMAT = 1  # version of the files below; bump when they change
+# name -> dtype of the flat arrays of a tokenized split (`tokens_b`/`ends_b` only with data.field_b)
+ARRAYS = {"tokens": np.int32, "sent_ends": np.int64, "doc_ends": np.int64, "tokens_b": np.int32, "ends_b": np.int64}
 
 
 def choose_segments(doc: list[np.ndarray], max_tokens: int, rng: np.random.Generator):
@@ -63,7 +72,7 @@ def truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int) -> tuple[np.nda
     return a, b
 
 
-def make_pair(docs: list[list[np.ndarray]], index: int, task: str, max_tokens: int, rng: np.random.Generator):
+def make_pair(docs, index: int, task: str, max_tokens: int, rng: np.random.Generator):
     """(A tokens, B tokens, pair_label) from document `index` (which has >= 2 sentences)."""
     a_sents, b_sents = choose_segments(docs[index], max_tokens, rng)
     a, b = np.concatenate(a_sents), np.concatenate(b_sents)
@@ -202,8 +211,8 @@ class SentencePairDataModule(StreamingDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.checksums, self.urls = dict(checksums or {}), dict(urls or {})
         self.tokenizer = None
-        self.docs: dict[str, list] = {}
-        self.docs_b: dict[str, list | None] = {}
+        self.docs: dict[str, TokenizedDocs] = {}
+        self.docs_b: dict[str, TokenizedDocs | None] = {}
 
     @property
     def vocab_size(self) -> int:
@@ -228,50 +237,74 @@ class SentencePairDataModule(StreamingDataModule):
              self.val_fraction, self.max_documents, self.task == "texts", asdict(self.tokenizer_cfg)],
             sort_keys=True).encode()).hexdigest()[:16]
         for part in SPLITS:
-            cached = self.cache_dir / "pairs" / key / f"{part}.npz"
-            if not cached.is_file():
-                self._tokenize(source, paths, part, cached)
-            with np.load(cached) as z:
-                self.docs[part] = unflatten(z["tokens"], z["sent_ends"], z["doc_ends"])
-                self.docs_b[part] = unflatten(z["tokens_b"], z["ends_b"], np.arange(1, len(z["ends_b"]) + 1)) \
-                    if self.field_b else None
+            folder = self.cache_dir / "pairs" / key / part
+            if not (folder / "meta.json").is_file():
+                self._tokenize(source, paths, part, folder)
+            docs = TokenizedDocs.open(folder)
+            self.docs_b[part] = TokenizedDocs.open(folder, "_b") if self.field_b else None
             if self.task != "texts":  # a pair needs two sentences
-                self.docs[part] = [d for d in self.docs[part] if len(d) >= 2]
-            if len(self.docs[part]) < 2:
-                raise DataError(f"the {part} split of {self.files} has {len(self.docs[part])} usable documents "
+                docs = docs.with_min_sentences(2)
+            self.docs[part] = docs
+            if len(docs) < 2:
+                raise DataError(f"the {part} split of {self.files} has {len(docs)} usable documents "
                                 f"(task={self.task} needs >= 2{' with >= 2 sentences' if self.task != 'texts' else ''}); "
                                 f"use a bigger corpus or raise data.val_fraction")
 
-    def _tokenize(self, source: TextSource, paths: list[Path], part: str, out: Path) -> None:
+    def _texts(self, source: TextSource, paths: list[Path], part: str) -> Iterator[tuple[str, str | None]]:
+        """(text, text_b or None) of split `part`, lazily, at most `max_documents` of them."""
         if self.field_b:
-            records = list(read_records(paths, self.field, self.field_b, self.val_fraction, part))
-            texts, texts_b = [r[0] for r in records], [r[1] for r in records]
+            records = read_records(paths, self.field, self.field_b, self.val_fraction, part)
         else:
-            texts, texts_b = list(source.texts(part)), None
-        texts = texts[: self.max_documents]
-        encs = self.tokenizer.encode_batch(texts, add_special_tokens=False)
-        encs_b = self.tokenizer.encode_batch(texts_b[: len(texts)], add_special_tokens=False) if texts_b else None
-        tokens, sent_ends, doc_ends, tokens_b, n_tok = [], [], [], [], 0
-        for i, (enc, text) in enumerate(zip(encs, texts)):
-            if not enc.ids or (encs_b is not None and not encs_b[i].ids):
-                continue  # an empty text (or half of a pair) teaches nothing
-            ids = np.asarray(enc.ids, dtype=np.int32)
-            # task=texts keeps each document whole, as one "sentence"
-            ends = np.array([len(ids)]) if self.task == "texts" else sentence_ends(enc, text, len(ids))
-            tokens.append(ids)
-            sent_ends.extend(n_tok + ends)
-            n_tok += len(ids)
-            doc_ends.append(len(sent_ends))
-            if encs_b is not None:
-                tokens_b.append(np.asarray(encs_b[i].ids, dtype=np.int32))
-        arrays = {"tokens": _cat(tokens), "sent_ends": np.asarray(sent_ends, np.int64),
-                  "doc_ends": np.asarray(doc_ends, np.int64)}
-        if encs_b is not None:
-            arrays.update(tokens_b=_cat(tokens_b), ends_b=np.cumsum([len(t) for t in tokens_b]).astype(np.int64))
+            records = ((text, None) for text in source.texts(part))
+        return itertools.islice(records, self.max_documents)
+
+    def _tokenize(self, source: TextSource, paths: list[Path], part: str, out: Path) -> None:
+        """Stream split `part` through the tokenizer into flat arrays under folder `out`, appending
+        ENCODE_BATCH texts at a time; the folder appears whole (os.replace) with meta.json in it."""
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f"{out.stem}.tmp{os.getpid()}.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out)  # atomic: a concurrent rank never reads half a file
+        tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        names = list(ARRAYS) if self.field_b else ["tokens", "sent_ends", "doc_ends"]
+        n_tok = n_sent = n_tok_b = 0
+        try:
+            with ExitStack() as stack:
+                files = {name: stack.enter_context(open(tmp / f"{name}.bin", "wb")) for name in names}
+                for batch in _batches(self._texts(source, paths, part), ENCODE_BATCH):
+                    texts = [t for t, _ in batch]
+                    encs = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+                    encs_b = self.tokenizer.encode_batch([t for _, t in batch], add_special_tokens=False) \
+                        if self.field_b else None
+                    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+                    for i, (enc, text) in enumerate(zip(encs, texts)):
+                        if not enc.ids or (encs_b is not None and not encs_b[i].ids):
+                            continue  # an empty text (or half of a pair) teaches nothing
+                        ids = np.asarray(enc.ids, dtype=ARRAYS["tokens"])
+                        # task=texts keeps each document whole, as one "sentence"
+                        ends = np.array([len(ids)]) if self.task == "texts" else sentence_ends(enc, text, len(ids))
+                        parts["tokens"].append(ids)
+                        parts["sent_ends"].append(n_tok + np.asarray(ends, ARRAYS["sent_ends"]))
+                        n_tok, n_sent = n_tok + len(ids), n_sent + len(ends)
+                        parts["doc_ends"].append(np.array([n_sent], ARRAYS["doc_ends"]))
+                        if encs_b is not None:
+                            parts["tokens_b"].append(np.asarray(encs_b[i].ids, dtype=ARRAYS["tokens_b"]))
+                            n_tok_b += len(encs_b[i].ids)
+                            parts["ends_b"].append(np.array([n_tok_b], ARRAYS["ends_b"]))
+                    for name, arrays in parts.items():  # one append per file and batch
+                        if arrays:
+                            np.concatenate(arrays).astype(ARRAYS[name], copy=False).tofile(files[name])
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        counts = {name: (tmp / f"{name}.bin").stat().st_size // np.dtype(ARRAYS[name]).itemsize for name in names}
+        meta = {"format": CACHE_FORMAT, "counts": counts, "dtypes": {n: np.dtype(ARRAYS[n]).name for n in names}}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # last: marks the folder complete
+        try:
+            os.replace(tmp, out)  # atomic: a concurrent rank never reads half a split
+        except OSError:  # another rank finished first: its copy is the same, keep it
+            if not (out / "meta.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
@@ -284,11 +317,91 @@ class SentencePairDataModule(StreamingDataModule):
                             world_size=world)
 
 
-def _cat(arrays: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
 
 
-def unflatten(tokens: np.ndarray, sent_ends: np.ndarray, doc_ends: np.ndarray) -> list[list[np.ndarray]]:
-    """Flat tokens + sentence end offsets + document end (in sentences) -> docs of sentences."""
-    sentences = np.split(tokens.astype(np.int64), sent_ends[:-1]) if len(sent_ends) else []
-    return [sentences[a:b] for a, b in zip(np.r_[0, doc_ends[:-1]], doc_ends)]
+def _open_array(folder: Path, name: str, meta: dict) -> np.ndarray:
+    count, dtype = meta["counts"][name], np.dtype(meta["dtypes"][name])
+    if count == 0:  # mmap cannot map an empty file
+        return np.zeros(0, dtype)
+    return np.memmap(folder / f"{name}.bin", dtype=dtype, mode="r", shape=(count,))
+
+
+class TokenizedDocs:
+    """Read-only view of a tokenized split: `docs[i]` is document i's sentences (int64 arrays),
+    sliced from memory-mapped flat arrays on demand.
+
+    tokens    : all token ids, documents after one another
+    sent_ends : cumulative token offset where each sentence ends
+    doc_ends  : cumulative sentence count where each document ends; None = one sentence a document
+    index     : which documents are visible, in order (None = all); `len` counts only those
+    """
+
+    def __init__(self, tokens: np.ndarray, sent_ends: np.ndarray, doc_ends: np.ndarray | None = None,
+                 index: np.ndarray | None = None, folder: Path | None = None, suffix: str = ""):
+        self.tokens, self.sent_ends, self.doc_ends, self.index = tokens, sent_ends, doc_ends, index
+        self.folder, self.suffix = folder, suffix
+
+    @classmethod
+    def open(cls, folder: Path, suffix: str = "") -> TokenizedDocs:
+        """The documents of a cache folder written by `SentencePairDataModule._tokenize`; suffix "_b"
+        gives the second texts (`tokens_b`, one sentence each)."""
+        meta = json.loads((folder / "meta.json").read_text())
+        if suffix:
+            return cls(_open_array(folder, f"tokens{suffix}", meta), _open_array(folder, f"ends{suffix}", meta),
+                       folder=folder, suffix=suffix)
+        return cls(_open_array(folder, "tokens", meta), _open_array(folder, "sent_ends", meta),
+                   _open_array(folder, "doc_ends", meta), folder=folder)
+
+    @property
+    def n_documents(self) -> int:
+        """All documents of the split, visible or not."""
+        return len(self.sent_ends) if self.doc_ends is None else len(self.doc_ends)
+
+    def sentence_counts(self) -> np.ndarray:
+        if self.doc_ends is None:
+            return np.ones(self.n_documents, np.int64)
+        return np.diff(np.asarray(self.doc_ends, np.int64), prepend=0)
+
+    def with_min_sentences(self, n: int) -> TokenizedDocs:
+        """A view of only the documents with >= n sentences (an int64 index: 8 bytes a document)."""
+        keep = np.flatnonzero(self.sentence_counts() >= n).astype(np.int64)
+        if self.index is not None:
+            keep = self.index[np.isin(self.index, keep)]
+        return TokenizedDocs(self.tokens, self.sent_ends, self.doc_ends, keep, self.folder, self.suffix)
+
+    def __len__(self) -> int:
+        return self.n_documents if self.index is None else len(self.index)
+
+    def __getitem__(self, i: int) -> list[np.ndarray]:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"document {i} of {n}")
+        d = int(self.index[i]) if self.index is not None else int(i) % n
+        if self.doc_ends is None:
+            s0, s1 = d, d + 1
+        else:
+            s0, s1 = (int(self.doc_ends[d - 1]) if d else 0), int(self.doc_ends[d])
+        starts = [int(self.sent_ends[s0 - 1]) if s0 else 0] + [int(e) for e in self.sent_ends[s0 : s1 - 1]]
+        ends = [int(e) for e in self.sent_ends[s0:s1]]
+        return [np.array(self.tokens[a:b], dtype=np.int64) for a, b in zip(starts, ends)]
+
+    def __iter__(self) -> Iterator[list[np.ndarray]]:
+        return (self[i] for i in range(len(self)))
+
+    # DataLoader workers (spawned) get the file names, not a copy of the mapped data
+    def __getstate__(self) -> dict:
+        if self.folder is None:
+            return self.__dict__
+        return {"folder": self.folder, "suffix": self.suffix, "index": self.index}
+
+    def __setstate__(self, state: dict) -> None:
+        if "tokens" in state:
+            self.__dict__.update(state)
+            return
+        view = TokenizedDocs.open(state["folder"], state["suffix"])
+        self.__dict__.update(view.__dict__)
+        self.index = state["index"]
