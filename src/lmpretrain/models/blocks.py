@@ -52,6 +52,25 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def embed_tokens(
+    model: nn.Module, ids: torch.Tensor, learned: nn.Embedding | None = None
+) -> torch.Tensor:
+    """ids (B, T) -> token embeddings plus absolute positions (B, T, C), for any of the networks.
+
+    `learned` is the model's position table (the encoder-decoder has one per stack); a model with
+    `position=sinusoidal` adds its fixed `pos_table`; rotary positions act inside attention instead.
+    """
+    T, block_size = ids.size(1), model.config.block_size
+    if T > block_size:
+        raise ValueError(f"sequence length {T} exceeds model.block_size={block_size}")
+    x = model.tok_emb(ids)  # (B, T, C)
+    if learned is not None:
+        return x + learned(torch.arange(T, device=ids.device))
+    if model.config.position == "sinusoidal":
+        return x + model.pos_table[:T].to(x.dtype)
+    return x
+
+
 def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
     """The fixed sin/cos position table of "Attention Is All You Need": (n_positions, dim)."""
     pos = torch.arange(n_positions, dtype=torch.float32)[:, None]

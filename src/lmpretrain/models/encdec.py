@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from lmpretrain.errors import ConfigError
-from lmpretrain.models.blocks import Block, Rotary, check_layer_config, init_weights, sinusoidal_table
+from lmpretrain.models.blocks import (
+    Block,
+    Rotary,
+    check_layer_config,
+    embed_tokens,
+    init_weights,
+    sinusoidal_table,
+)
 from lmpretrain.models.encoder import padding_mask
 
 
@@ -67,15 +74,7 @@ class EncoderDecoder(nn.Module):
         self.apply(init_weights)
 
     def _embed(self, ids: torch.Tensor, pos: nn.Embedding | None) -> torch.Tensor:
-        T = ids.size(1)
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds model.block_size={self.config.block_size}")
-        x = self.tok_emb(ids)  # (B, T, C)
-        if pos is not None:
-            x = x + pos(torch.arange(T, device=ids.device))
-        elif self.config.position == "sinusoidal":
-            x = x + self.pos_table[:T].to(x.dtype)
-        return self.drop(x)
+        return self.drop(embed_tokens(self, ids, pos))
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder: input_ids (B, S), attention_mask (B, S) 1 = token -> memory (B, S, C)."""

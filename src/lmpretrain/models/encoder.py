@@ -19,6 +19,7 @@ from lmpretrain.models.blocks import (
     Block,
     Rotary,
     check_layer_config,
+    embed_tokens,
     init_weights,
     sinusoidal_table,
 )
@@ -104,14 +105,7 @@ class Encoder(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids, attention_mask (1 = token, 0 = padding), token_type_ids: (B, T) -> (B, T, C)."""
-        T = input_ids.size(1)
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds model.block_size={self.config.block_size}")
-        x = self.tok_emb(input_ids)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(T, device=input_ids.device))
-        elif self.config.position == "sinusoidal":
-            x = x + self.pos_table[:T].to(x.dtype)
+        x = embed_tokens(self, input_ids, self.pos_emb)  # (B, T, C)
         if self.seg_emb is not None:
             x = x + self.seg_emb(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
         if self.emb_norm is not None:

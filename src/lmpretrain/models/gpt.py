@@ -13,7 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmpretrain.errors import ConfigError
-from lmpretrain.models.blocks import Block, Rotary, check_layer_config, init_weights, sinusoidal_table
+from lmpretrain.models.blocks import (
+    Block,
+    Rotary,
+    check_layer_config,
+    embed_tokens,
+    init_weights,
+    sinusoidal_table,
+)
 
 
 @dataclass
@@ -78,15 +85,7 @@ class GPT(nn.Module):
     def features(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """idx: (B, T) -> final-norm hidden states (B, T, C). Causal, so right padding (the only
         kind `attention_mask` may describe here) never reaches the real tokens."""
-        T = idx.size(1)
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds model.block_size={self.config.block_size}")
-        x = self.tok_emb(idx)  # (B, T, C)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(T, device=idx.device))
-        elif self.config.position == "sinusoidal":
-            x = x + self.pos_table[:T].to(x.dtype)
-        x = self.drop(x)
+        x = self.drop(embed_tokens(self, idx, self.pos_emb))  # (B, T, C)
         for block in self.blocks:
             x = block(x, causal=True)
         return self.norm(x)
