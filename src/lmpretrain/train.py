@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lmpretrain.config import CONF_DIR, check_model_fits_data, to_dict, wandb_offline_unless_configured
-from lmpretrain.distributed import resolve_trainer_config
+from lmpretrain.distributed import resolve_trainer_config, resolve_unused_parameters
 from lmpretrain.errors import exit_on_user_error
 from lmpretrain.objectives.base import RuntimeOptions
 
@@ -32,6 +32,7 @@ def build(cfg: DictConfig):
     module = instantiate(cfg.objective, model=model, _convert_="all")
     module.tokenizer_json = datamodule.tokenizer.to_str()
     module.runtime = RuntimeOptions(**to_dict(cfg.get("runtime")))
+    resolve_unused_parameters(trainer_cfg, module)
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger_cfgs = [c for c in (cfg.get("logger") or {}).values() if c is not None]

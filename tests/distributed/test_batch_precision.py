@@ -7,8 +7,16 @@ import torch
 from fit_worker import GlobalLoss
 
 from conftest import make_cfg
-from lmpretrain.distributed import accumulation_for, resolve_precision, world_size
+from lmpretrain.distributed import (
+    accumulation_for,
+    resolve_precision,
+    resolve_trainer_config,
+    tensor_parallel_plan,
+    world_size,
+)
 from lmpretrain.errors import ConfigError, find_user_error
+from lmpretrain.models import build_network
+from lmpretrain.objectives.base import clip_grad_norm_
 from lmpretrain.train import build
 
 SHORT = ["debug=fast", "trainer.max_steps=6", "scheduler.warmup_steps=2", "scheduler.max_steps=6",
@@ -33,6 +41,50 @@ def test_world_size_from_devices_and_nodes():
     assert world_size("auto", 1, "cpu") == 1
 
 
+def test_tensor_parallel_groups_read_one_batch(tmp_path):
+    """4 processes, 2 per tensor-parallel group: 2 data-parallel ranks, so a global batch of 16 with
+    micro-batches of 4 needs 2 accumulation steps (not 1, as 4 independent processes would)."""
+    cfg = make_cfg(tmp_path, ["strategy=fsdp", "trainer.devices=4", "trainer.strategy.tensor_parallel=2",
+                              "global_batch_size=16", "data.batch_size=4"])
+    assert resolve_trainer_config(cfg).accumulate_grad_batches == 2
+    cfg = make_cfg(tmp_path, ["strategy=fsdp", "trainer.devices=4", "global_batch_size=16", "data.batch_size=4"])
+    assert resolve_trainer_config(cfg).accumulate_grad_batches == 1
+
+
+def test_tensor_parallel_plan_splits_every_block_matrix():
+    network = build_network({"arch": "t5", "vocab_size": 50, "block_size": 16, "n_layer": 1, "n_head": 2,
+                             "n_embd": 16})
+    plan = {name: type(style).__name__ for name, style in tensor_parallel_plan(network).items()}
+    for prefix in ("encoder.0.attn", "decoder.0.attn", "decoder.0.cross_attn"):
+        assert [plan[f"{prefix}.{p}"] for p in ("q", "k", "v", "proj")] == ["ColwiseParallel"] * 3 + ["RowwiseParallel"]
+    assert plan["decoder.0.mlp.fc"] == "ColwiseParallel" and plan["decoder.0.mlp.proj"] == "RowwiseParallel"
+    linears = {n for n, m in network.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linears - set(plan) == {"lm_head"}  # the (tied) head stays replicated
+
+
+def test_clip_grad_norm_matches_torch():
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(5, 7), torch.nn.Linear(5, 7)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 5)
+    for m in (a, b):
+        (m(x) ** 2).sum().mul(10).backward()
+    total = clip_grad_norm_(a.parameters(), 0.5)
+    expected = torch.nn.utils.clip_grad_norm_(b.parameters(), 0.5)
+    assert total == pytest.approx(float(expected), rel=1e-6) and total > 0.5
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad)
+
+
+@pytest.mark.parametrize("experiment,unused", [("shakespeare_char", False), ("bert_mlm_tiny", True),
+                                                ("t5_span_tiny", False)])
+def test_ddp_looks_for_unused_parameters_only_when_an_objective_leaves_some(tmp_path, experiment, unused):
+    cfg = make_cfg(tmp_path, [f"experiment={experiment}", "debug=fast", "strategy=ddp", "trainer.devices=2",
+                              "trainer.accelerator=cpu", "global_batch_size=null"])
+    _, _, trainer = build(cfg)
+    assert trainer.strategy._ddp_kwargs["find_unused_parameters"] is unused
+
+
 def test_precision_auto_and_unsupported_on_cpu():
     assert resolve_precision("auto", "cpu") == "32-true"
     assert resolve_precision("auto", "auto") == ("bf16-mixed" if torch.cuda.is_available() else "32-true")
@@ -50,6 +102,10 @@ def test_precision_auto_and_unsupported_on_cpu():
         (["global_batch_size=30", "data.batch_size=4"], "global_batch_size=30 is not a multiple of"),
         (["precision=16-mixed", "trainer.accelerator=cpu"], "precision=16-mixed"),
         (["strategy=fsdp", "trainer.devices=2", "trainer.strategy.sharding=zero2"], "sharding='zero2' must be"),
+        (["strategy=fsdp", "trainer.devices=2", "trainer.strategy.tensor_parallel=3"],
+         "tensor_parallel=3 must divide the 2 processes"),
+        (["strategy=fsdp", "trainer.devices=4", "trainer.strategy.tensor_parallel=4", "model.n_head=2",
+          "model.n_embd=64"], r"model.n_head=2 is not divisible by trainer.strategy.tensor_parallel=4"),
     ],
 )
 def test_impossible_setups_fail_in_build(tmp_path, overrides, message):

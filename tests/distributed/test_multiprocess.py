@@ -1,5 +1,6 @@
-"""DDP and FSDP2 over 2 CPU processes (gloo) follow the same loss curve as one process with the same
-global batch; a sharded checkpoint resumes, and consolidates into one loadable file."""
+"""DDP, FSDP2 (full and hybrid), tensor parallelism and 2D FSDP x TP over 2-4 CPU processes (gloo)
+follow the same loss curve as one process with the same global batch; sharded checkpoints resume and
+consolidate into one loadable file; MLM (heads called outside forward) and the fused loss run sharded."""
 
 import json
 import os
@@ -24,11 +25,16 @@ ONE_PROCESS = ["data.batch_size=8"]
 TWO_PROCESSES = ["data.batch_size=4", "trainer.devices=2"]
 
 
-def run(out: Path, *overrides: str) -> dict:
+# bert_mlm_tiny without dropout (tensor-parallel ranks draw attention dropout for their own heads).
+MLM = ["experiment=bert_mlm_tiny", "debug=fast", "global_batch_size=8", "trainer.max_steps=6",
+       "trainer.val_check_interval=3", "trainer.limit_val_batches=2", "trainer.accelerator=cpu", "model.dropout=0.0"]
+
+
+def run(out: Path, *overrides: str, common=COMMON) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     # One thread per process: 2 processes on 2 cores, and reproducible reductions.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, str(WORKER), str(out), *COMMON, *overrides], capture_output=True,
+    r = subprocess.run([sys.executable, str(WORKER), str(out), *common, *overrides], capture_output=True,
                        text=True, timeout=300, env=env, cwd=out.parent)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -58,16 +64,25 @@ def test_ddp_two_processes_match_one_process(reference, tmp_path):
 
 
 @pytest.mark.slow  # 3 two-process runs: ~45 s
-def test_fsdp_matches_one_process_and_sharded_checkpoint_resumes_and_consolidates(reference, tmp_path):
-    first = run(tmp_path / "out.json", *TWO_PROCESSES, "strategy=fsdp", "trainer.max_steps=8")
-    assert first["param_types"] == ["DTensor"]  # really sharded
+@pytest.mark.parametrize("layout", ["fsdp", "tensor_parallel"])
+def test_sharded_run_matches_one_process_and_its_checkpoint_resumes_and_consolidates(reference, tmp_path, layout):
+    """fsdp: 2 data-parallel ranks, each half of the batch, parameters sharded; its first run uses the
+    chunked fused loss, the resumed one the plain loss (a runtime option, not part of the model).
+    tensor_parallel: both processes read the whole batch and hold half of every block's heads and MLP."""
+    if layout == "fsdp":
+        processes, first_only = TWO_PROCESSES + ["strategy=fsdp"], ["runtime.fused_loss=true", "runtime.loss_chunk_tokens=100"]
+    else:
+        processes, first_only = ["data.batch_size=8", "trainer.devices=2", "strategy=fsdp",
+                                 "trainer.strategy.tensor_parallel=2"], []
+    first = run(tmp_path / "out.json", *processes, *first_only, "trainer.max_steps=8")
+    assert first["param_types"] == ["DTensor"] and first["accumulate"] == 1  # really sharded
     assert_same_curve(reference["loss"], first["loss"], range(1, 9))
     assert_same_curve(reference["val"], first["val"], [4, 8])
 
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert sorted(p.name for p in last.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
     single = consolidate_checkpoint(last, tmp_path / "step8.ckpt")  # before the resumed run overwrites last
-    resumed = run(tmp_path / "resumed.json", *TWO_PROCESSES, "strategy=fsdp", f"ckpt={last}")
+    resumed = run(tmp_path / "resumed.json", *processes, f"ckpt={last}")
     assert sorted(resumed["loss"]) == list(range(9, 13))
     assert_same_curve(reference["loss"], resumed["loss"], range(9, 13))
     assert_same_curve(reference["val"], resumed["val"], [12])
@@ -84,3 +99,40 @@ def test_fsdp_matches_one_process_and_sharded_checkpoint_resumes_and_consolidate
             nll += float(module.loss(batch)) * count
             n += count
     assert nll / n == pytest.approx(first["val"][8], rel=1e-5)
+
+
+@pytest.mark.slow  # 4 processes on 2 cores: ~25 s
+def test_fsdp_times_tensor_parallel_on_four_processes_matches_one_process(reference, tmp_path):
+    """2D: 2 data-parallel ranks x 2 tensor-parallel ranks; micro-batch 4 x 2 data ranks = 8."""
+    out = run(tmp_path / "out.json", "data.batch_size=4", "trainer.devices=4", "strategy=fsdp",
+              "trainer.strategy.tensor_parallel=2", "trainer.max_steps=6")
+    assert (out["world_size"], out["accumulate"], out["param_types"]) == (4, 1, ["DTensor"])
+    assert_same_curve(reference["loss"], out["loss"], range(1, 7))
+    assert_same_curve(reference["val"], out["val"], [4])
+
+
+@pytest.mark.slow  # 2 two-process runs: ~30 s
+def test_hybrid_sharding_matches_one_process(reference, tmp_path):
+    """HSDP with 2 shard groups of 1 (replicate across, shard within) and 1 group of 2."""
+    for shard_size in (1, 2):
+        out = run(tmp_path / f"hsdp{shard_size}.json", *TWO_PROCESSES, "strategy=fsdp", "trainer.max_steps=6",
+                  "trainer.strategy.sharding=hybrid", f"trainer.strategy.shard_size={shard_size}")
+        assert out["param_types"] == ["DTensor"]
+        assert_same_curve(reference["loss"], out["loss"], range(1, 7))
+
+
+@pytest.mark.slow  # 4 runs: ~60 s
+def test_masked_lm_sharded_and_tensor_parallel(tmp_path):
+    """MLM calls the encoder's `features` and heads outside `forward`: FSDP gathers them too (same
+    curve as DDP, same data and masks per rank), and tensor parallelism matches one process."""
+    ddp = run(tmp_path / "ddp.json", "data.batch_size=4", "trainer.devices=2", "strategy=ddp", common=MLM)
+    fsdp = run(tmp_path / "fsdp.json", "data.batch_size=4", "trainer.devices=2", "strategy=fsdp", common=MLM)
+    assert fsdp["param_types"] == ["DTensor"] and ddp["param_types"] == ["Parameter"]
+    assert_same_curve(ddp["loss"], fsdp["loss"], range(1, 7))
+    assert_same_curve(ddp["val"], fsdp["val"], [3, 6])
+    one = run(tmp_path / "one.json", "data.batch_size=8", common=MLM)
+    tp = run(tmp_path / "tp.json", "data.batch_size=8", "trainer.devices=2", "strategy=fsdp",
+             "trainer.strategy.tensor_parallel=2", common=MLM)
+    assert_same_curve(one["loss"], tp["loss"], range(1, 7))
+    assert_same_curve(one["val"], tp["val"], [3, 6])
+    assert one["loss"] != ddp["loss"]  # data-parallel ranks draw their own masks

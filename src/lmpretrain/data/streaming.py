@@ -29,8 +29,11 @@ class StreamingDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def rank_and_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        """(data-parallel rank, data-parallel size): the strategy's own split, so that the processes of
+        one tensor-parallel group read the same batches; plain global rank/world otherwise."""
+        from lmpretrain.distributed import data_parallel_rank_and_size
+
+        return data_parallel_rank_and_size(self.trainer)
 
     def dataset(self, part: str):
         """The stream of `part` for this rank, resuming training where the checkpoint left off."""

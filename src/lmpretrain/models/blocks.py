@@ -102,21 +102,27 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention: self-attention when `kv` is None, cross-attention otherwise."""
+    """Multi-head attention: self-attention when `kv` is None, cross-attention otherwise.
+
+    Separate q, k and v projections (not one fused matrix) so tensor parallelism can split each
+    column-wise by heads; the head count is read from the projection's output width, so the same
+    code runs on all heads or on this rank's share of them (`TENSOR_PARALLEL_PLAN`).
+    """
 
     def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, rotary: Rotary | None = None):
         super().__init__()
         assert n_embd % n_head == 0
-        self.n_head, self.dropout = n_head, dropout
+        self.head_dim, self.dropout = n_embd // n_head, dropout
         self.q = nn.Linear(n_embd, n_embd, bias=bias)
-        self.kv = nn.Linear(n_embd, 2 * n_embd, bias=bias)
+        self.k = nn.Linear(n_embd, n_embd, bias=bias)
+        self.v = nn.Linear(n_embd, n_embd, bias=bias)
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
         self.rotary = rotary
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        return x.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        B, T, _ = x.shape
+        return x.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, heads here, T, hs)
 
     def forward(
         self,
@@ -126,15 +132,15 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: (B, T, C); kv: (B, S, C) or None; mask: bool (B, 1, T|1, S), True = may attend."""
-        B, T, C = x.shape
-        q = self._heads(self.q(x))
-        k, v = (self._heads(t) for t in self.kv(x if kv is None else kv).split(C, dim=2))
+        B, T, _ = x.shape
+        source = x if kv is None else kv
+        q, k, v = self._heads(self.q(x)), self._heads(self.k(source)), self._heads(self.v(source))
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_dropout(self.proj(y))
 
 

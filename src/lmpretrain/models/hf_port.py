@@ -2,8 +2,7 @@
 
 Each port is a table of (our names, HF names, conv1d) rows: the tensors of one row, put in
 PyTorch's (out, in) layout and concatenated along dim 0, are the same on both sides. That covers
-the renames, BERT's separate key/value vs our fused `kv`, and GPT-2's fused `c_attn` vs our `q` +
-`kv`; `conv1d` marks GPT-2's Conv1D weights, stored (in, out). `transformers` itself is not
+the renames and GPT-2's fused `c_attn` vs our separate `q`, `k`, `v`; `conv1d` marks GPT-2's Conv1D weights, stored (in, out). `transformers` itself is not
 imported here: the functions take a model object (or its config and state dict), so this module
 costs nothing for users who never port.
 """
@@ -41,8 +40,8 @@ def bert_rows(n_layer: int, prefix: str = "bert.") -> list[Row]:
         ours, hf = f"blocks.{i}", f"{prefix}encoder.layer.{i}"
         rows += [
             *_linear(f"{ours}.attn.q", f"{hf}.attention.self.query"),
-            ([f"{ours}.attn.kv.weight"], [f"{hf}.attention.self.key.weight", f"{hf}.attention.self.value.weight"], False),
-            ([f"{ours}.attn.kv.bias"], [f"{hf}.attention.self.key.bias", f"{hf}.attention.self.value.bias"], False),
+            *_linear(f"{ours}.attn.k", f"{hf}.attention.self.key"),
+            *_linear(f"{ours}.attn.v", f"{hf}.attention.self.value"),
             *_linear(f"{ours}.attn.proj", f"{hf}.attention.output.dense"),
             *_linear(f"{ours}.norm1", f"{hf}.attention.output.LayerNorm"),
             *_linear(f"{ours}.mlp.fc", f"{hf}.intermediate.dense"),
@@ -63,8 +62,8 @@ def gpt2_rows(n_layer: int, prefix: str = "transformer.") -> list[Row]:
         ours, hf = f"blocks.{i}", f"{prefix}h.{i}"
         rows += [
             *_linear(f"{ours}.norm1", f"{hf}.ln_1"),
-            ([f"{ours}.attn.q.weight", f"{ours}.attn.kv.weight"], [f"{hf}.attn.c_attn.weight"], True),
-            ([f"{ours}.attn.q.bias", f"{ours}.attn.kv.bias"], [f"{hf}.attn.c_attn.bias"], True),
+            ([f"{ours}.attn.{n}.weight" for n in "qkv"], [f"{hf}.attn.c_attn.weight"], True),
+            ([f"{ours}.attn.{n}.bias" for n in "qkv"], [f"{hf}.attn.c_attn.bias"], True),
             *_linear(f"{ours}.attn.proj", f"{hf}.attn.c_proj", conv1d=True),
             *_linear(f"{ours}.norm2", f"{hf}.ln_2"),
             *_linear(f"{ours}.mlp.fc", f"{hf}.mlp.c_fc", conv1d=True),

@@ -57,8 +57,31 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     return total / (labels != -100).sum().clamp(min=1)
 
 
+def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
+    """`torch.nn.utils.clip_grad_norm_` for parameters that are DTensors on different meshes (2D
+    FSDP x TP: split matrices live on both mesh dimensions, replicated norms and embeddings on the
+    data-parallel one), which torch's version cannot stack into one norm. Norms are summed per mesh,
+    each made global with one collective, then combined. Returns the total norm before clipping."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in parameters if p.grad is not None]
+    by_mesh: dict = {}
+    for g in grads:
+        by_mesh.setdefault(g.device_mesh if isinstance(g, DTensor) else None, []).append(g)
+    squares = []
+    for group in by_mesh.values():
+        norm = torch.nn.utils.get_total_norm(group, 2.0)
+        squares.append((norm.full_tensor() if isinstance(norm, DTensor) else norm).float() ** 2)
+    total = torch.stack(squares).sum().sqrt()
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.item() if isinstance(g, DTensor) else coef.to(g.dtype))
+    return total
+
+
 class LMModule(L.LightningModule):
     network: torch.nn.Module
+    uses_every_parameter = True  # see Task.uses_every_parameter
 
     def __init__(self, optimizer: dict | None = None, scheduler: dict | None = None):
         super().__init__()
@@ -105,6 +128,13 @@ class LMModule(L.LightningModule):
         num_params = getattr(self.network, "num_params", None)  # GPT's excludes position embeddings (no matmul)
         n = num_params() if num_params else sum(p.numel() for p in self.network.parameters())
         return 6 * n + 12 * layers * c.n_embd * seq_len
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        sharded = any(type(p).__name__ == "DTensor" for p in self.network.parameters())
+        if sharded and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            clip_grad_norm_(self.network.parameters(), float(gradient_clip_val))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.network, **self.optimizer_cfg)

@@ -23,6 +23,7 @@ class CausalLMTask(Task):
     """Next-token prediction, as `CausalLMModule`, for use inside a mixture."""
 
     needs = (GPT,)
+    uses_every_parameter = True
 
     def __init__(self):
         super().__init__()

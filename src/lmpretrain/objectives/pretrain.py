@@ -47,6 +47,10 @@ class Task(nn.Module):
     """One loss over a shared network. Subclasses set `needs` (the architectures they accept)."""
 
     needs: tuple[type, ...] = (nn.Module,)
+    # Whether every parameter of the network (and the task) gets a gradient each step; an MLM step
+    # leaves BERT's pooler out. DDP must then look for unused parameters (strategy=ddp resolves
+    # `find_unused_parameters: auto` from this).
+    uses_every_parameter: bool = False
 
     def check_network(self, network: nn.Module, objective: str) -> None:
         if not isinstance(network, self.needs):
@@ -112,6 +116,11 @@ class PretrainModule(LMModule):
             for task in self.tasks.values():
                 task.set_tokenizer(tok)
 
+    @property
+    def uses_every_parameter(self) -> bool:
+        """One task that touches every parameter; several tasks, sampled per step, never do."""
+        return len(self.tasks) == 1 and all(t.uses_every_parameter for t in self.tasks.values())
+
     def metric_name(self, task: str, metric: str) -> str:
         """`loss`, `mlm_acc` for one task; `mlm/loss` when tasks share the module."""
         return metric if len(self.tasks) == 1 else f"{task}/{metric}"
@@ -123,19 +132,29 @@ class PretrainModule(LMModule):
         p = np.array([self.weights[n] for n in names]) / sum(self.weights.values())
         return names[np.random.default_rng(seed).choice(len(names), p=p)]
 
+    def rank_seed(self, seed: int) -> int:
+        """The corruption seed for this process's share of the batch: data-parallel ranks draw
+        different masks (rank 0 keeps the single-process stream); tensor-parallel peers, which hold
+        the same batch, draw the same ones."""
+        from lmpretrain.distributed import data_parallel_rank_and_size
+
+        rank, _ = data_parallel_rank_and_size(self._trainer)
+        return seed if rank == 0 else derive_seed(seed, rank)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         seed = derive_seed(self.seed, 0, self.global_step, batch_idx)
-        name = self.pick_task(seed)
-        out = self.tasks[name](self.network, batch, seed)
+        name = self.pick_task(seed)  # the same task on every rank: they all run the same layers
+        out = self.tasks[name](self.network, batch, self.rank_seed(seed))
         self.check_finite(out["loss"])
-        self.log("train/loss", out["loss"], prog_bar=True)
+        # sync_dist: the mean over all ranks, i.e. the loss of the global batch (a no-op on one process).
+        self.log("train/loss", out["loss"], prog_bar=True, sync_dist=True)
         for key, value in out.items():
             if key != "loss" or len(self.tasks) > 1:
                 self.log(f"train/{self.metric_name(name, key)}", value)
         return out["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        seed = derive_seed(self.seed, 1, batch_idx)  # the same masks at every validation
+        seed = self.rank_seed(derive_seed(self.seed, 1, batch_idx))  # the same masks at every validation
         for task in self.tasks.values():
             task.val_update(self.network, batch, seed)
 

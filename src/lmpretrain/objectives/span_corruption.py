@@ -85,6 +85,7 @@ def fill_spans(inputs: np.ndarray, targets: np.ndarray, sentinel0: int) -> np.nd
 
 class SpanCorruptionTask(Task):
     needs = (EncoderDecoder,)
+    uses_every_parameter = True  # the whole encoder-decoder and its tied head
 
     def __init__(self, sentinel0: int, cfg: SpanConfig, eos_token: str = "[SEP]", start_token: str | None = "[PAD]"):
         super().__init__()
