@@ -7,9 +7,14 @@ import sys
 
 import optuna
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from conftest import make_cfg
+from lmpretrain.config import CONF_DIR
 
 
 def sweep(tmp_path, *args, env=None):
@@ -17,6 +22,21 @@ def sweep(tmp_path, *args, env=None):
                        text=True, timeout=600, cwd=tmp_path, env={**os.environ, **(env or {})})
     assert r.returncode == 0, r.stderr[-3000:]
     return r
+
+
+def test_slurm_launcher_asks_for_one_task_per_device_on_every_node(tmp_path):
+    """hydra/launcher=slurm composes onto hydra-submitit-launcher's structured config (unknown keys
+    would fail here) and takes the job's shape from the trainer: SLURM starts devices x nodes tasks,
+    which Lightning joins through the SLURM_* variables."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer.num_nodes=2", "trainer.devices=8",
+                                          "strategy=fsdp", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (2, 8, 8)
+    assert (launcher["partition"], launcher["max_num_timeout"], launcher["signal_delay_s"]) == ("gpu", 3, 120)
+    assert type(instantiate(cfg.hydra.launcher)).__name__ == "SlurmLauncher"
 
 
 def test_single_run_is_named_and_grouped_by_task(tmp_path):

@@ -4,6 +4,7 @@ consolidate into one loadable file; MLM (heads called outside forward) and the f
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,30 @@ def test_sharded_run_matches_one_process_and_its_checkpoint_resumes_and_consolid
             nll += float(module.loss(batch)) * count
             n += count
     assert nll / n == pytest.approx(first["val"][8], rel=1e-5)
+
+
+@pytest.mark.slow  # ~20 s
+def test_two_nodes_started_by_torchrun_match_one_process(reference, tmp_path):
+    """Multi-node as on a cluster: two torchrun agents (node ranks 0 and 1, one process each) meet at a
+    rendezvous address; Lightning reads torchrun's environment instead of starting processes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out.json"
+    args = [*COMMON, "data.batch_size=4", "trainer.num_nodes=2", "trainer.devices=1", "strategy=ddp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                          f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+                          str(WORKER), str(out), *args], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), logs[0][-3000:] + logs[1][-3000:]
+    result = json.loads(out.read_text())
+    assert result["world_size"] == 2
+    assert_same_curve(reference["loss"], {int(k): v for k, v in result["loss"].items()}, range(1, 13))
 
 
 @pytest.mark.slow  # 4 processes on 2 cores: ~25 s
