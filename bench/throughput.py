@@ -1,6 +1,8 @@
 """Lightning path vs a bare PyTorch loop: same model, same batches, same optimizer, one process.
 
     python bench/throughput.py [--steps 300] [--warmup 20] [--model gpt_tiny] [--repeats 2]
+    python bench/throughput.py --device cuda --model gpt2_124m --data random --batch-size 16 \
+        --steps 100 --extra bf16,compiled_bf16   # on a GPU: bf16 eager vs compiled, MFU
 
 (a) `CausalLMModule` driven by `lightning.Trainer` (gradient clipping, LR schedule stepped per
 step, `train/loss` logged every step, the throughput callback), and (b) nanoGPT's inner loop:
@@ -8,9 +10,12 @@ forward, cross-entropy, backward, clip, AdamW step, schedule step. Both see iden
 from the tiny-shakespeare DataModule. Runs alternate (a, b, a, b, ...) so drift in machine speed
 hits both; the best run of each is reported. Prints tokens/s of each and the ratio (target >= 0.95).
 
-`--extra compiled,bf16` adds bare-loop variants: the network under `torch.compile` (inductor) and
-under bf16 autocast. Every line also shows MFU: model FLOPs (the objective's 6N + attention count)
-over the peak of this device (CPU: the measured best fp32 / bf16 matmul rate, printed too).
+`--extra compiled,bf16,compiled_bf16` adds bare-loop variants: the network under `torch.compile`
+(inductor), under bf16 autocast, and both. Every line also shows MFU: model FLOPs (the objective's 6N + attention count)
+over the peak of this device (CPU: the measured best fp32 / bf16 matmul rate, printed too; GPU: the
+datasheet table in `callbacks/throughput.py`). `--data random` draws uniform tokens over the model's
+own vocabulary (speed does not depend on the text; a 65-symbol character vocabulary would shrink
+GPT-2's LM head to nothing).
 """
 
 from __future__ import annotations
@@ -51,7 +56,12 @@ def load_cfgs(model_name: str):
     return model, opt
 
 
-def lightning_run(batches, model_cfg, opt, sched, warmup) -> float:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def lightning_run(batches, model_cfg, opt, sched, warmup, device: torch.device) -> float:
     torch.manual_seed(0)
     module = CausalLMModule(model_cfg, opt, sched)
     timer = StepTimer(warmup)
@@ -60,7 +70,7 @@ def lightning_run(batches, model_cfg, opt, sched, warmup) -> float:
     trainer = L.Trainer(
         max_steps=len(batches), logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, gradient_clip_val=1.0, limit_val_batches=0, num_sanity_val_steps=0,
-        callbacks=[timer, TokenThroughput()], accelerator="cpu", devices=1, precision="32-true",
+        callbacks=[timer, TokenThroughput()], accelerator=device.type, devices=1, precision="32-true",
     )
     # batch_size=None: the pre-made batches as they are (a bare list would read as one loader per batch)
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
@@ -68,9 +78,10 @@ def lightning_run(batches, model_cfg, opt, sched, warmup) -> float:
     return n_tokens / (timer.end - timer.start)
 
 
-def bare_run(batches, model_cfg, opt, sched, warmup, compiled: bool = False, bf16: bool = False) -> float:
+def bare_run(batches, model_cfg, opt, sched, warmup, device: torch.device, compiled: bool = False,
+             bf16: bool = False) -> float:
     torch.manual_seed(0)
-    network = CausalLMModule(model_cfg, opt, sched).network  # the same nn.Module, no Lightning around it
+    network = CausalLMModule(model_cfg, opt, sched).network.to(device)  # the same nn.Module, no Lightning
     if compiled:
         network.compile()  # compiles on the first (warm-up) batch
     optimizer = build_optimizer(network, **opt)
@@ -78,16 +89,19 @@ def bare_run(batches, model_cfg, opt, sched, warmup, compiled: bool = False, bf1
     network.train()
     for i, batch in enumerate(batches):
         if i == warmup:
+            sync(device)
             start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = network(batch["input_ids"])
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten())
+        ids, labels = batch["input_ids"].to(device, non_blocking=True), batch["labels"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = network(ids)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         loss.item()  # the Lightning path reads the loss every step too (logging)
+    sync(device)
     n_tokens = sum(b["input_ids"].numel() for b in batches[warmup:])
     return n_tokens / (time.perf_counter() - start)
 
@@ -98,39 +112,60 @@ def main(argv=None) -> float:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--model", default="gpt_tiny")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--extra", default="", help="comma-separated bare-loop variants: compiled, bf16")
+    p.add_argument("--extra", default="", help="comma-separated bare-loop variants: compiled, bf16, compiled_bf16")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=12)
+    p.add_argument("--data", default="shakespeare", choices=["shakespeare", "random"])
     args = p.parse_args(argv)
     extra = [v for v in args.extra.split(",") if v]
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
 
     model_cfg, opt = load_cfgs(args.model)
-    dm = PackedTextDataModule(["tinyshakespeare.txt"], tokenizer={"kind": "char", "unk_token": "<unk>"},
-                              block_size=model_cfg["block_size"], batch_size=12)
-    dm.setup("fit")
-    model_cfg["vocab_size"] = dm.vocab_size
-    it = iter(dm.train_dataloader())
-    batches = [next(it) for _ in range(args.steps)]
+    if args.data == "random":
+        g = torch.Generator().manual_seed(0)
+        # The model's own vocabulary; configs that take it from the tokenizer get GPT-2's padded 50304.
+        T, V = model_cfg["block_size"], model_cfg.get("vocab_size") or 50304
+        model_cfg["vocab_size"] = V
+        batches = []
+        for _ in range(args.steps):
+            ids = torch.randint(0, V, (args.batch_size, T + 1), generator=g)
+            batches.append({"input_ids": ids[:, :-1], "labels": ids[:, 1:]})
+    else:
+        dm = PackedTextDataModule(["tinyshakespeare.txt"], tokenizer={"kind": "char", "unk_token": "<unk>"},
+                                  block_size=model_cfg["block_size"], batch_size=args.batch_size)
+        dm.setup("fit")
+        model_cfg["vocab_size"] = dm.vocab_size
+        it = iter(dm.train_dataloader())
+        batches = [next(it) for _ in range(args.steps)]
     sched = {"name": "cosine", "warmup_steps": 100, "max_steps": args.steps, "min_lr": 1e-4}
 
     results = {"lightning": [], "bare": [], **{f"bare_{v}": [] for v in extra}}
     for _ in range(args.repeats):
-        results["lightning"].append(lightning_run(batches, model_cfg, opt, sched, args.warmup))
-        results["bare"].append(bare_run(batches, model_cfg, opt, sched, args.warmup))
+        results["lightning"].append(lightning_run(batches, model_cfg, opt, sched, args.warmup, device))
+        results["bare"].append(bare_run(batches, model_cfg, opt, sched, args.warmup, device))
         for v in extra:
-            results[f"bare_{v}"].append(bare_run(batches, model_cfg, opt, sched, args.warmup,
-                                                 compiled=v == "compiled", bf16=v == "bf16"))
+            results[f"bare_{v}"].append(bare_run(batches, model_cfg, opt, sched, args.warmup, device,
+                                                 compiled="compiled" in v, bf16="bf16" in v))
     best = {k: max(v) for k, v in results.items()}
     ratio = best["lightning"] / best["bare"]
     flops_per_token = CausalLMModule(model_cfg).flops_per_token(model_cfg["block_size"])
-    peaks = {p: peak_flops(torch.device("cpu"), p) for p in ("32-true", "bf16-mixed")}
-    print(f"model={args.model} steps={args.steps} batch=12x{model_cfg['block_size']} threads={torch.get_num_threads()}")
-    print(f"model FLOPs/token {flops_per_token:,.0f}; measured CPU peak fp32 {peaks['32-true'] / 1e9:,.1f} "
-          f"GFLOP/s, bf16 {peaks['bf16-mixed'] / 1e9:,.1f} GFLOP/s")
+    peaks = {p: peak_flops(device, p) for p in ("32-true", "bf16-mixed")}
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"model={args.model} steps={args.steps} batch={args.batch_size}x{model_cfg['block_size']} "
+          f"data={args.data} device={where}")
+    shown = {k: "?" if v is None else f"{v / 1e9:,.1f}" for k, v in peaks.items()}
+    print(f"model FLOPs/token {flops_per_token:,.0f}; peak fp32 {shown['32-true']} GFLOP/s, "
+          f"bf16 {shown['bf16-mixed']} GFLOP/s")
     for k, v in results.items():
-        peak = peaks["bf16-mixed" if k.endswith("bf16") else "32-true"]
-        mfu = best[k] * flops_per_token / peak
-        print(f"{k:>14}: best {best[k]:,.0f} tokens/s  MFU {mfu:.1%}  (runs: {', '.join(f'{x:,.0f}' for x in v)})")
+        peak = peaks["bf16-mixed" if "bf16" in k else "32-true"]
+        mfu = "?" if peak is None else f"{best[k] * flops_per_token / peak:.1%}"
+        print(f"{k:>14}: best {best[k]:,.0f} tokens/s  MFU {mfu}  (runs: {', '.join(f'{x:,.0f}' for x in v)})")
     for v in extra:
         print(f"ratio bare_{v}/bare = {best[f'bare_{v}'] / best['bare']:.3f}")
+    if "bf16" in extra and "compiled_bf16" in extra:
+        print(f"ratio bare_compiled_bf16/bare_bf16 = {best['bare_compiled_bf16'] / best['bare_bf16']:.3f}"
+              "  (GPU goal >= 1.2)")
     print(f"ratio lightning/bare = {ratio:.3f}  (target >= 0.95)")
     return ratio
 
