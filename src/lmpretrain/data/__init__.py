@@ -10,6 +10,7 @@ _EXPORTS = {
     "PackedTextDataModule": "lmpretrain.data.text",
     "ShardsDataModule": "lmpretrain.data.mixture",
     "SentencePairDataModule": "lmpretrain.data.pairs",
+    "LabeledDataModule": "lmpretrain.data.labeled",
 }
 
 

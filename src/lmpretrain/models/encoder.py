@@ -93,6 +93,9 @@ class Encoder(nn.Module):
         )
         self.final_norm = nn.LayerNorm(c.n_embd, eps=c.norm_eps) if c.pre_norm else None
         self.pooler = nn.Linear(c.n_embd, c.n_embd)
+        # NSP / SOP classifier on the pooled state (BERT's `cls.seq_relationship`): part of the network
+        # so the optimizer, DDP and FSDP all see it like every other weight.
+        self.pair_head = nn.Linear(c.n_embd, 2)
         self.mlm_head = MLMHead(c)
         if c.tie_embeddings:
             self.mlm_head.decoder.weight = self.tok_emb.weight

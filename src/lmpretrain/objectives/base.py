@@ -137,6 +137,11 @@ class LMModule(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
+        # Every trained weight lives in `self.network` (heads included), which is what DDP/FSDP wrap
+        # and checkpoints name; a parameter elsewhere would silently never be updated.
+        outside = [n for n, p in self.named_parameters() if p.requires_grad and not n.startswith("network.")]
+        if outside:
+            raise RuntimeError(f"{type(self).__name__} has trainable parameters outside self.network: {outside[:5]}")
         optimizer = build_optimizer(self.network, **self.optimizer_cfg)
         scheduler = build_scheduler(optimizer, **self.scheduler_cfg)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

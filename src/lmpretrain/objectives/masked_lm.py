@@ -97,16 +97,15 @@ class SentencePairTask(Task):
 
     needs = (Encoder,)
 
-    def __init__(self, n_embd: int, kind: str = "sop"):
+    def __init__(self, kind: str = "sop"):
         super().__init__()
         if kind not in PAIR_TASKS:
             raise ConfigError(f"objective pair task {kind!r} must be one of {PAIR_TASKS} or null")
         self.kind = kind
-        self.head = nn.Linear(n_embd, 2)
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
 
     def logits(self, network: Encoder, h: torch.Tensor) -> torch.Tensor:
-        return self.head(network.pool(h))  # (B, 2)
+        return network.pair_head(network.pool(h))  # (B, 2)
 
     def loss_and_acc(self, network: Encoder, h: torch.Tensor, batch: dict):
         if "pair_label" not in batch:
@@ -139,12 +138,11 @@ class MaskedLMTask(Task):
 
     needs = (Encoder,)
 
-    def __init__(self, n_embd: int, masking: dict | None = None, pair: str | None = None,
-                 mask_token: str = "[MASK]"):
+    def __init__(self, masking: dict | None = None, pair: str | None = None, mask_token: str = "[MASK]"):
         super().__init__()
         self.cfg = MaskingConfig(**(masking or {}))
         self.mask_token = mask_token
-        self.pair = SentencePairTask(n_embd, pair) if pair else None
+        self.pair = SentencePairTask(pair) if pair else None
         self.val_nll = TokenNLL()
         self.val_acc = MeanMetric()
         self.mask_id: int | None = None
@@ -220,4 +218,4 @@ class MaskedLMModule(PretrainModule):
                  seed: int = 0):
         super().__init__(model, optimizer, scheduler, seed)
         self.save_hyperparameters()
-        self.set_tasks({"mlm": MaskedLMTask(self.network.config.n_embd, masking, pair, mask_token)})
+        self.set_tasks({"mlm": MaskedLMTask(masking, pair, mask_token)})

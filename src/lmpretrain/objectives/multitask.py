@@ -46,7 +46,7 @@ class CausalLMTask(Task):
 KINDS = ("causal_lm", "mlm", "nsp", "sop", "contrastive")
 
 
-def build_task(name: str, spec: dict, n_embd: int) -> Task:
+def build_task(name: str, spec: dict) -> Task:
     spec = dict(spec)
     kind = spec.pop("kind", name)
     spec.pop("weight", None)
@@ -56,9 +56,9 @@ def build_task(name: str, spec: dict, n_embd: int) -> Task:
         if kind == "causal_lm":
             return CausalLMTask(**spec)
         if kind == "mlm":
-            return MaskedLMTask(n_embd, **spec)
+            return MaskedLMTask(**spec)
         if kind in ("nsp", "sop"):
-            return SentencePairTask(n_embd, kind)
+            return SentencePairTask(kind)
         return ContrastiveTask(**spec)
     except TypeError as e:
         raise ConfigError(f"objective.tasks.{name}: {e}; see the {kind} objective's options") from None
@@ -71,6 +71,5 @@ class MultitaskModule(PretrainModule):
                  scheduler: dict | None = None, seed: int = 0):
         super().__init__(model, optimizer, scheduler, seed)
         self.save_hyperparameters()
-        n_embd = self.network.config.n_embd
-        self.set_tasks({name: build_task(name, spec, n_embd) for name, spec in tasks.items()},
+        self.set_tasks({name: build_task(name, spec) for name, spec in tasks.items()},
                        {name: spec.get("weight", 1.0) for name, spec in tasks.items()})

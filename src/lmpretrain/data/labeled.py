@@ -1,0 +1,342 @@
+"""`LabeledDataModule`: the downstream data sets (one file per split), streamed and encoded on the fly.
+
+Records are read line by line (jsonl / jsonl.gz, or CoNLL `token<TAB>tag` with a blank line after
+each sentence) and tokenized as they are drawn, so a data set is never held in memory. Two kinds:
+
+    classification       text (+ text_b) -> [CLS] a [SEP] (b [SEP]); one label per example
+    token_classification words -> sub-word ids; each word's label on its first sub-word, -100 on
+                         the rest and on special tokens (the usual BERT NER alignment)
+
+Order and sharding follow `PackedBlocks`: rank r of R takes records r, r + R, ...; training
+shuffles them through a seeded buffer per epoch and chains epochs; batch k of a rank is positions
+[k*B, (k+1)*B) of that stream and goes to worker (k - start) % W, so a resumed run (start =
+batches already consumed) sees exactly the batches an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from lmpretrain.data.corpus import resolve_files
+from lmpretrain.errors import ConfigError, DataError
+from lmpretrain.paths import cache_root, data_root
+
+KINDS = ("classification", "token_classification")
+SPLITS = ("train", "val", "test")
+
+
+def read_records(path: Path) -> Iterator[dict]:
+    """The records of one file in order: jsonl objects, or CoNLL sentences as {"tokens", "tags"}."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            if ".conll" in path.name:
+                tokens: list[str] = []
+                tags: list[str] = []
+                for lineno, line in enumerate(f, start=1):
+                    line = line.rstrip("\n")
+                    if not line.strip():
+                        if tokens:
+                            yield {"tokens": tokens, "tags": tags}
+                        tokens, tags = [], []
+                        continue
+                    parts = line.split("\t")
+                    if len(parts) != 2:
+                        raise DataError(f"{path}:{lineno}: a CoNLL line must be token<TAB>tag, got {line[:60]!r}")
+                    tokens.append(parts[0])
+                    tags.append(parts[1])
+                if tokens:
+                    yield {"tokens": tokens, "tags": tags}
+                return
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}:{lineno}: not a JSON record ({e.msg}); the file must be jsonl") from None
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
+        raise DataError(f"{path} is not UTF-8 text ({type(e).__name__}); pass a jsonl/jsonl.gz/conll file") from None
+
+
+def shuffled(items: Iterator, buffer: int, rng: random.Random) -> Iterator:
+    """Seeded buffer shuffle: memory is `buffer` items however long the stream."""
+    pool: list = []
+    for item in items:
+        if len(pool) < buffer:
+            pool.append(item)
+            continue
+        j = rng.randrange(buffer)
+        yield pool[j]
+        pool[j] = item
+    rng.shuffle(pool)
+    yield from pool
+
+
+class LabeledExamples(IterableDataset):
+    """The encoded examples of one split for one rank, in batch order (see the module docstring)."""
+
+    def __init__(self, path: Path, encode, batch_size: int, train: bool, seed: int, buffer: int,
+                 start_batch: int = 0, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.path, self.encode, self.batch_size, self.train = path, encode, batch_size, train
+        self.seed, self.buffer, self.start_batch = seed, buffer, start_batch
+        self.rank, self.world_size = rank, world_size
+
+    def _records(self, epoch: int) -> Iterator[dict]:
+        mine = (r for i, r in enumerate(read_records(self.path)) if i % self.world_size == self.rank)
+        if not self.train:
+            return mine
+        return shuffled(mine, self.buffer, random.Random(f"{self.seed}:{epoch}:{self.rank}"))
+
+    def _stream(self) -> Iterator[dict]:
+        if not self.train:
+            yield from self._records(0)
+            return
+        epoch = 0
+        while True:
+            n = 0
+            for record in self._records(epoch):
+                n += 1
+                yield record
+            if n == 0:
+                raise DataError(f"{self.path} has no records for rank {self.rank} of {self.world_size}")
+            epoch += 1
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        start = self.start_batch if self.train else 0
+        for position, record in enumerate(self._stream()):
+            batch = position // self.batch_size
+            if batch >= start and (batch - start) % workers == worker:
+                yield self.encode(record)
+
+
+def pad_collate(pad_id: int):
+    """Stack examples padded to the longest in the batch: ids with `pad_id`, labels with -100."""
+
+    def collate(examples: list[dict]) -> dict:
+        T = max(len(e["input_ids"]) for e in examples)
+        out = {}
+        for key, fill in (("input_ids", pad_id), ("token_type_ids", 0), ("attention_mask", 0)):
+            if key in examples[0]:
+                out[key] = torch.tensor([e[key] + [fill] * (T - len(e[key])) for e in examples])
+        if isinstance(examples[0]["labels"], list):  # one label per token
+            out["labels"] = torch.tensor([e["labels"] + [-100] * (T - len(e["labels"])) for e in examples])
+        else:
+            out["labels"] = torch.tensor([e["labels"] for e in examples])
+        return out
+
+    return collate
+
+
+class LabeledDataModule(L.LightningDataModule):
+    """Downstream data: `files` maps train/val(/test) to one file each (relative to the data root).
+
+    kind: classification | token_classification.
+    text_field, text_b_field, label_field: jsonl fields (classification); CoNLL files give
+        `tokens` / `tags`.
+    labels: the label names in index order; null = every label of the training split, sorted
+        (one streaming pass).
+    block_size: tokens per example, longer ones cut; null = the model's block_size.
+    The tokenizer comes from the pretrained checkpoint (`set_tokenizer`), or is trained on the
+    training split (`tokenizer` config) when fine-tuning from scratch.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        files: dict[str, str],
+        text_field: str = "text",
+        text_b_field: str | None = None,
+        label_field: str = "label",
+        labels: list[str] | None = None,
+        block_size: int | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        shuffle_buffer: int = 2048,
+        seed: int = 0,
+        tokenizer: dict | None = None,
+        data_dir: str | None = None,
+        cache_dir: str | None = None,
+    ):
+        super().__init__()
+        if kind not in KINDS:
+            raise ConfigError(f"data.kind={kind!r} must be one of {KINDS}")
+        missing = [s for s in ("train", "val") if s not in (files or {})]
+        unknown = sorted(set(files or {}) - set(SPLITS))
+        if missing or unknown:
+            raise ConfigError(f"data.files needs train and val entries (and optionally test); missing {missing}, "
+                              f"unknown {unknown}")
+        if batch_size < 1 or (block_size is not None and block_size < 4) or shuffle_buffer < 1:
+            raise ConfigError("data.batch_size, data.shuffle_buffer must be >= 1 and data.block_size >= 4")
+        self.kind, self.files = kind, dict(files)
+        self.text_field, self.text_b_field, self.label_field = text_field, text_b_field, label_field
+        self.labels = list(labels) if labels else None
+        self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.tokenizer_cfg = tokenizer
+        self.data_dir = Path(data_dir) if data_dir else data_root()
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
+        self.tokenizer = None
+        self.paths: dict[str, Path] = {}
+        self.train_batches_seen = 0
+
+    # -- setup -----------------------------------------------------------------------------------
+    def set_tokenizer(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def texts(self, part: str = "train") -> Iterator[str]:
+        for record in read_records(self.paths[part]):
+            if self.kind == "token_classification":
+                yield " ".join(record["tokens"])
+            else:
+                yield record[self.text_field]
+                if self.text_b_field:
+                    yield record[self.text_b_field]
+
+    def prepare_data(self) -> None:
+        if self.paths:
+            return
+        for part, spec in self.files.items():
+            (path,) = resolve_files([spec], self.data_dir)
+            self.paths[part] = path
+        if self.tokenizer is None:
+            from lmpretrain.tokenizers.build import TokenizerConfig, load_or_train_tokenizer
+            from lmpretrain.data.corpus import corpus_fingerprint
+
+            if self.tokenizer_cfg is None:
+                raise ConfigError("no tokenizer: pass pretrained=<checkpoint> or a tokenizer config")
+            cfg = TokenizerConfig(**self.tokenizer_cfg)
+            fingerprint = corpus_fingerprint([self.paths["train"]], self.kind, self.text_field, self.text_b_field)
+            self.tokenizer, _ = load_or_train_tokenizer(cfg, lambda: self.texts("train"), fingerprint,
+                                                        self.cache_dir / "tokenizers")
+        if self.labels is None:
+            key = "tags" if self.kind == "token_classification" else self.label_field
+            found: set[str] = set()
+            for lineno, record in enumerate(read_records(self.paths["train"]), start=1):
+                if key not in record:
+                    raise DataError(f"{self.paths['train']}: record {lineno} has no field {key!r}; set data.label_field")
+                found.update(record[key] if self.kind == "token_classification" else [str(record[key])])
+            if not found:
+                raise DataError(f"{self.paths['train']} has no labelled records")
+            self.labels = sorted(found)
+        self._special()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
+
+    def _special(self) -> None:
+        tok = self.tokenizer
+        self.cls_id, self.sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        pad = next((tok.token_to_id(t) for t in ("[PAD]", "<pad>", "<|endoftext|>") if tok.token_to_id(t) is not None), 0)
+        self.pad_id = pad
+        self.label_index = {name: i for i, name in enumerate(self.labels)}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    # -- encoding --------------------------------------------------------------------------------
+    def _label(self, value) -> int:
+        name = str(value)
+        if name not in self.label_index:
+            raise DataError(f"label {name!r} is not one of the {len(self.labels)} training labels {self.labels[:8]}...; "
+                            f"list it in data.labels")
+        return self.label_index[name]
+
+    def _wrap(self, ids: list[int], ids_b: list[int] | None = None) -> tuple[list[int], list[int]]:
+        """[CLS] a [SEP] (b [SEP]) when the tokenizer has those tokens (BERT), else a (b) as is;
+        cut so the whole fits `block_size` (the longer segment loses tokens first)."""
+        specials = (self.cls_id is not None) + (self.sep_id is not None) * (2 if ids_b is not None else 1)
+        budget = self.block_size - specials
+        ids_b = list(ids_b) if ids_b is not None else None
+        ids = list(ids)
+        while len(ids) + len(ids_b or []) > budget:
+            if ids_b is not None and len(ids_b) > len(ids):
+                ids_b.pop()
+            else:
+                ids.pop()
+        out = ([self.cls_id] if self.cls_id is not None else []) + ids + ([self.sep_id] if self.sep_id is not None else [])
+        segments = [0] * len(out)
+        if ids_b is not None:
+            tail = ids_b + ([self.sep_id] if self.sep_id is not None else [])
+            out += tail
+            segments += [1] * len(tail)
+        return out, segments
+
+    def encode(self, record: dict) -> dict:
+        if self.kind == "token_classification":
+            return self._encode_tokens(record)
+        for f in (self.text_field, self.label_field, self.text_b_field):
+            if f and f not in record:
+                raise DataError(f"a record of {self.files} has no field {f!r}; set data.text_field / data.label_field")
+        ids = self.tokenizer.encode(record[self.text_field], add_special_tokens=False).ids
+        ids_b = self.tokenizer.encode(record[self.text_b_field], add_special_tokens=False).ids if self.text_b_field else None
+        input_ids, segments = self._wrap(ids, ids_b)
+        out = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": self._label(record[self.label_field])}
+        if ids_b is not None:
+            out["token_type_ids"] = segments
+        return out
+
+    def _encode_tokens(self, record: dict) -> dict:
+        enc = self.tokenizer.encode(record["tokens"], is_pretokenized=True, add_special_tokens=False)
+        ids, labels, previous = [], [], None
+        for tid, word in zip(enc.ids, enc.word_ids):
+            ids.append(tid)
+            labels.append(self._label(record["tags"][word]) if word is not None and word != previous else -100)
+            previous = word
+        input_ids, _ = self._wrap(ids)
+        lead, tail = int(self.cls_id is not None), int(self.sep_id is not None)
+        kept = len(input_ids) - lead - tail  # sub-words left after truncation
+        labels = [-100] * lead + labels[:kept] + [-100] * tail
+        return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+    # -- loaders ---------------------------------------------------------------------------------
+    def dataset(self, part: str) -> LabeledExamples:
+        from lmpretrain.distributed import data_parallel_rank_and_size
+
+        if self.block_size is None:
+            raise ConfigError("data.block_size is null and no model set it; give data.block_size=<tokens>")
+        rank, world = data_parallel_rank_and_size(self.trainer)
+        train = part == "train"
+        return LabeledExamples(self.paths[part], self.encode, self.batch_size, train, self.seed, self.shuffle_buffer,
+                               start_batch=self.train_batches_seen if train else 0, rank=rank, world_size=world)
+
+    def _loader(self, part: str) -> DataLoader:
+        return DataLoader(self.dataset(part), batch_size=self.batch_size, num_workers=self.num_workers,
+                          collate_fn=pad_collate(self.pad_id), pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.paths:
+            raise ConfigError("data.files has no test entry; add data.files.test=<file> to evaluate on a test split")
+        return self._loader("test")
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training:
+            self.train_batches_seen += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"train_batches_seen": self.train_batches_seen}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_batches_seen = int(state_dict["train_batches_seen"])

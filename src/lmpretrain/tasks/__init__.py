@@ -1,0 +1,7 @@
+"""Downstream (fine-tuning) LightningModules: a pretrained network with a task head."""
+
+from lmpretrain.tasks.base import FinetuneModule, read_pretrained
+from lmpretrain.tasks.classification import SequenceClassificationModule
+from lmpretrain.tasks.token_classification import TokenClassificationModule
+
+__all__ = ["FinetuneModule", "SequenceClassificationModule", "TokenClassificationModule", "read_pretrained"]

@@ -1,0 +1,95 @@
+"""What the downstream (fine-tuning) LightningModules share: the pretrained network with a task head
+attached to it, hidden states for any of the three architectures, and loading pretraining weights.
+
+The head is registered *inside* the network (`network.task_head`), so the optimizer, DDP/FSDP and
+the checkpoint see one module, exactly as in pretraining; a pretraining checkpoint loads into
+everything but the head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmpretrain.errors import ConfigError
+from lmpretrain.models import build_network
+from lmpretrain.models.encdec import EncoderDecoder
+from lmpretrain.models.encoder import Encoder
+from lmpretrain.models.gpt import GPT
+from lmpretrain.objectives.base import LMModule
+
+POOLINGS = ("auto", "cls", "mean", "last")
+
+
+def read_pretrained(path: str) -> dict:
+    """A single-file pretraining checkpoint -> {"model": config dict, "network": state dict,
+    "tokenizer_json": str}. One clear error for anything else."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise ConfigError(f"pretrained={path}: no such checkpoint file") from None
+    except (IsADirectoryError, PermissionError):
+        raise ConfigError(f"pretrained={path} is a folder (a sharded checkpoint?); merge it first with "
+                          f"`python -m lmpretrain.distributed consolidate {path}`") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
+        raise ConfigError(f"pretrained={path} is not a checkpoint ({type(e).__name__}); pass a .ckpt file") from None
+    model = (ckpt.get("hyper_parameters") or {}).get("model")
+    state = {k[len("network."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("network.")}
+    if not model or not state or not ckpt.get("tokenizer_json"):
+        raise ConfigError(f"pretrained={path} lacks the model config, network weights or tokenizer of an "
+                          f"lmpretrain checkpoint; pass a checkpoint written by python -m lmpretrain.train")
+    return {"model": dict(model), "network": state, "tokenizer_json": ckpt["tokenizer_json"]}
+
+
+class FinetuneModule(LMModule):
+    """A network plus `head_size` outputs (per example or per token) on its hidden states.
+
+    pooling (per-example tasks): cls = the first position (BERT's [CLS]); last = the last real
+        token (a causal decoder has read the whole text only there); mean = the masked mean;
+        auto = cls for an encoder, last for a decoder, mean for an encoder-decoder's encoder.
+    """
+
+    uses_every_parameter = False  # the pretraining heads (MLM, pooler, LM head) sit unused: DDP must know
+
+    def __init__(self, model: dict, labels: list[str], pooling: str = "auto", classifier_dropout: float = 0.1,
+                 optimizer: dict | None = None, scheduler: dict | None = None):
+        super().__init__(optimizer, scheduler)
+        if pooling not in POOLINGS:
+            raise ConfigError(f"task.pooling={pooling!r} must be one of {POOLINGS}")
+        if not labels:
+            raise ConfigError("a task needs at least one label")
+        self.labels = list(labels)
+        self.network = build_network(model)
+        if pooling == "auto":
+            pooling = {Encoder: "cls", GPT: "last"}.get(type(self.network), "mean")
+        self.pooling = pooling
+        self.network.task_head = nn.Sequential(nn.Dropout(classifier_dropout),
+                                               nn.Linear(self.network.config.n_embd, len(self.labels)))
+
+    def load_pretrained_network(self, state: dict) -> None:
+        """Pretraining weights into the network; only the new task head may be missing."""
+        missing, unexpected = self.network.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("task_head.")]
+        if missing or unexpected:
+            raise ConfigError(f"the pretrained checkpoint does not fit model config (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}); leave model.* unset when pretrained= is given")
+
+    def hidden(self, batch: dict) -> torch.Tensor:
+        """(B, T, C) hidden states of the input, for any architecture."""
+        net, mask = self.network, batch.get("attention_mask")
+        if isinstance(net, Encoder):
+            return net.features(batch["input_ids"], mask, batch.get("token_type_ids"))
+        if isinstance(net, (GPT, EncoderDecoder)):
+            return net.features(batch["input_ids"], mask)
+        raise ConfigError(f"fine-tuning does not know how to read a {type(net).__name__}")
+
+    def pool(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, C) -> (B, C) by `self.pooling`; `mask` (B, T) marks real tokens."""
+        if mask is None:
+            mask = torch.ones(h.shape[:2], dtype=torch.long, device=h.device)
+        if self.pooling == "cls":
+            return h[:, 0]
+        if self.pooling == "last":  # right padding: the last real token is at length - 1
+            return h[torch.arange(h.size(0), device=h.device), mask.sum(1) - 1]
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1)

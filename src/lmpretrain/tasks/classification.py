@@ -1,0 +1,69 @@
+"""Sequence classification (topic, spam, sentiment, NLI-style pairs): one label per example."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from lmpretrain.tasks.base import FinetuneModule
+
+
+class SequenceClassificationModule(FinetuneModule):
+    """Batches: input_ids, attention_mask (+ token_type_ids), labels (B,). Logs `val/loss`,
+    `val/acc` (micro accuracy) and `val/f1` (macro F1: every class counts the same, so a model
+    that ignores the rare classes cannot hide behind the frequent ones)."""
+
+    def __init__(self, model: dict, labels: list[str], pooling: str = "auto", classifier_dropout: float = 0.1,
+                 optimizer: dict | None = None, scheduler: dict | None = None):
+        super().__init__(model, labels, pooling, classifier_dropout, optimizer, scheduler)
+        self.save_hyperparameters()
+        n = len(self.labels)
+        self.metrics = torch.nn.ModuleDict({
+            split: torch.nn.ModuleDict({
+                "loss": MeanMetric(),
+                "acc": MulticlassAccuracy(n, average="micro"),
+                "f1": MulticlassF1Score(n, average="macro"),
+            })
+            for split in ("val", "test")
+        })
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """(B, num_labels) logits."""
+        h = self.hidden(batch)
+        return self.network.task_head(self.pool(h, batch.get("attention_mask")))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = F.cross_entropy(self(batch), batch["labels"])
+        self.check_finite(loss)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        return loss
+
+    def _eval_step(self, split: str, batch: dict) -> None:
+        logits = self(batch)
+        m = self.metrics[split]
+        m["loss"].update(F.cross_entropy(logits, batch["labels"]), weight=len(batch["labels"]))
+        m["acc"].update(logits, batch["labels"])
+        m["f1"].update(logits, batch["labels"])
+
+    def _eval_end(self, split: str) -> None:
+        for name, metric in self.metrics[split].items():
+            self.log(f"{split}/{name}", metric.compute(), prog_bar=name == "acc")
+            metric.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    @torch.no_grad()
+    def predict_labels(self, batch: dict) -> list[str]:
+        return [self.labels[i] for i in self(batch).argmax(-1).tolist()]

@@ -1,0 +1,82 @@
+"""Fine-tuning end to end: a pretraining checkpoint's network and tokenizer carry over, heads train
+on real downstream data, and bad input ends in one clear error."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import make_cfg
+from lmpretrain.errors import ConfigError
+from lmpretrain.finetune import build, finetune
+from lmpretrain.tasks import SequenceClassificationModule
+from lmpretrain.train import train
+
+FAST = ["debug=fast", "trainer.accelerator=cpu"]
+
+
+@pytest.fixture(scope="module")
+def mlm_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    train(make_cfg(out, ["experiment=bert_mlm_tiny", *FAST]))
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_pretrained_network_and_tokenizer_carry_over(mlm_checkpoint, tmp_path):
+    cfg = make_cfg(tmp_path, ["task=spam", f"pretrained={mlm_checkpoint}", *FAST], config_name="finetune")
+    datamodule, module, _ = build(cfg)
+    ckpt = torch.load(mlm_checkpoint, weights_only=False)
+    state = {k[len("network."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("network.")}
+    ours = module.network.state_dict()
+    assert set(ours) - set(state) == {"task_head.1.weight", "task_head.1.bias"}
+    for name, value in state.items():
+        assert torch.equal(ours[name], value), name
+    assert module.tokenizer_json == ckpt["tokenizer_json"] == datamodule.tokenizer.to_str()
+    assert datamodule.block_size == ckpt["hyper_parameters"]["model"]["block_size"]  # null = the model's
+    assert module.labels == ["ham", "spam"] and module.pooling == "cls"
+
+
+def test_finetune_runs_logs_metrics_and_reloads(mlm_checkpoint, tmp_path):
+    metrics = finetune(make_cfg(tmp_path, ["task=spam", f"pretrained={mlm_checkpoint}", *FAST],
+                                config_name="finetune"))
+    assert {"val/loss", "val/acc", "val/f1", "test/acc", "test/f1"} <= set(metrics)
+    module = SequenceClassificationModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert module.labels == ["ham", "spam"] and module.tokenizer_json
+
+
+@pytest.mark.parametrize("pretrained,message", [
+    ("/nonexistent/x.ckpt", "no such checkpoint file"),
+    ("{tmp}", "is a folder"),
+    ("{tmp}/junk.ckpt", "is not a checkpoint"),
+])
+def test_bad_pretrained_checkpoint_is_one_line(tmp_path, pretrained, message):
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    r = subprocess.run([sys.executable, "-m", "lmpretrain.finetune", *FAST, "task=spam",
+                        f"pretrained={pretrained.format(tmp=tmp_path)}", f"hydra.run.dir={tmp_path}/run"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_gpt_checkpoint_classifies_from_its_last_token(tmp_path):
+    pre = tmp_path / "pre"
+    train(make_cfg(pre, ["data=debian", "tokenizer=wordpiece", "model=gpt_tiny", *FAST]))
+    cfg = make_cfg(tmp_path / "ft", ["task=spam", f"pretrained={pre}/checkpoints/last.ckpt", *FAST],
+                   config_name="finetune")
+    _, module, _ = build(cfg)
+    assert module.pooling == "last"
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 0], [5, 6, 8, 9]]), "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])}
+    module.eval()
+    logits = module(batch)
+    alone = module({"input_ids": batch["input_ids"][:1, :3], "attention_mask": batch["attention_mask"][:1, :3]})
+    torch.testing.assert_close(logits[:1], alone)  # padding after the last token changes nothing
+
+
+@pytest.mark.slow
+def test_spam_from_pretrained_beats_majority(mlm_checkpoint, tmp_path):
+    """Fine-tuned for 300 steps, the classifier must clearly beat always-ham (70% of validation)."""
+    metrics = finetune(make_cfg(tmp_path, ["task=spam", f"pretrained={mlm_checkpoint}", "trainer.max_steps=300",
+                                           "trainer.val_check_interval=100", "logger=csv", "optimizer.lr=3e-4",
+                                           "trainer.accelerator=cpu"], config_name="finetune"))
+    assert metrics["val/acc"] >= 0.90 and metrics["test/acc"] >= 0.90, metrics
+    assert metrics["val/f1"] >= 0.85, metrics

@@ -1,0 +1,126 @@
+"""LabeledDataModule: CoNLL/jsonl records, label alignment, rank x worker coverage, exact resume."""
+
+import itertools
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+
+from conftest import DATA
+from lmpretrain.data.labeled import LabeledDataModule, read_records
+from lmpretrain.errors import ConfigError, DataError
+
+WORDPIECE = {"kind": "wordpiece", "vocab_size": 2000, "special_tokens": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+             "eos_token": "[SEP]", "unk_token": "[UNK]", "lowercase": True}
+NER = {"train": "ner_wnut.train.conll", "val": "ner_wnut.validation.conll", "test": "ner_wnut.test.conll"}
+SPAM = {"train": "spam.train.jsonl.gz", "val": "spam.validation.jsonl.gz"}
+
+
+def ner_module(**kw) -> LabeledDataModule:
+    dm = LabeledDataModule("token_classification", NER, tokenizer=WORDPIECE, block_size=128, **kw)
+    dm.prepare_data()
+    return dm
+
+
+def test_conll_sentences_and_tag_set():
+    sentences = list(read_records(DATA / "ner_wnut.train.conll"))
+    assert len(sentences) == 1925  # the data kit's README
+    assert all(len(s["tokens"]) == len(s["tags"]) > 0 for s in sentences)
+    dm = ner_module()
+    assert dm.labels[0] == "B-company" and "O" in dm.labels and len(dm.labels) == 21  # B/I x 10 types + O
+
+
+def test_each_word_labels_its_first_subword_only():
+    dm = ner_module()
+    record = {"tokens": ["Justin", "Bieberification", "in", "Montreal"], "tags": ["B-person", "I-person", "O", "B-geo-loc"]}
+    ex = dm.encode(record)
+    tok = dm.tokenizer
+    pieces = [tok.id_to_token(i) for i in ex["input_ids"]]
+    assert pieces[0] == "[CLS]" and pieces[-1] == "[SEP]"
+    firsts = [i for i, p in enumerate(pieces[1:-1], start=1) if not p.startswith("##")]
+    assert [dm.labels[ex["labels"][i]] for i in firsts] == record["tags"]
+    assert all(ex["labels"][i] == -100 for i in range(len(pieces)) if i not in firsts)
+    assert len(pieces) > len(record["tokens"]) + 2  # the rare word really split into sub-words
+    # Truncated: labels stay aligned with the sub-words that remain, [SEP] still closes the input.
+    dm.block_size = 4
+    short = dm.encode(record)
+    assert len(short["input_ids"]) == len(short["labels"]) == 4
+    assert short["labels"][:2] == [-100, ex["labels"][1]] and short["labels"][-1] == -100
+
+
+def word_tokenizer(words: list[str]) -> Tokenizer:
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()
+    return tok
+
+
+def test_classification_pairs_truncate_the_longer_segment(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"a": "one two three four five six seven", "b": "eight", "y": "yes"}\n'
+                    '{"a": "nine", "b": "ten", "y": "no"}\n')
+    dm = LabeledDataModule("classification", {"train": str(path), "val": str(path)}, text_field="a",
+                           text_b_field="b", label_field="y", block_size=7)
+    dm.set_tokenizer(word_tokenizer("one two three four five six seven eight nine ten".split()))
+    dm.prepare_data()
+    assert dm.labels == ["no", "yes"]  # sorted from the training split
+    ex = dm.encode({"a": "one two three four five six seven", "b": "eight", "y": "yes"})
+    assert [dm.tokenizer.id_to_token(i) for i in ex["input_ids"]] == \
+        ["[CLS]", "one", "two", "three", "[SEP]", "eight", "[SEP]"]
+    assert ex["token_type_ids"] == [0, 0, 0, 0, 0, 1, 1] and ex["labels"] == 1
+    with pytest.raises(DataError, match="label 'maybe' is not one of the 2 training labels"):
+        dm.encode({"a": "x", "b": "y", "y": "maybe"})
+
+
+def batches(dm, part, n=None, rank=0, world=1, workers=0, start=0):
+    ds = dm.dataset(part)
+    ds.rank, ds.world_size, ds.start_batch = rank, world, start
+    loader = torch.utils.data.DataLoader(ds, batch_size=dm.batch_size, num_workers=workers,
+                                         collate_fn=dm._loader(part).collate_fn)
+    return list(itertools.islice(loader, n))
+
+
+def test_validation_is_covered_once_by_ranks_and_workers():
+    dm = LabeledDataModule("classification", SPAM, tokenizer=WORDPIECE, labels=["ham", "spam"], batch_size=16,
+                           block_size=64)
+    dm.prepare_data()
+    single = torch.cat([b["labels"] for b in batches(dm, "val")])
+    assert len(single) == 590
+    sharded = [batches(dm, "val", rank=r, world=2, workers=2) for r in (0, 1)]
+    assert sum(len(b["labels"]) for rank in sharded for b in rank) == 590
+    assert sorted(torch.cat([b["labels"] for rank in sharded for b in rank]).tolist()) == sorted(single.tolist())
+
+
+def test_training_stream_resumes_exactly_and_reshuffles_per_epoch():
+    dm = LabeledDataModule("classification", SPAM, tokenizer=WORDPIECE, labels=["ham", "spam"], batch_size=64,
+                           shuffle_buffer=256, block_size=64)
+    dm.prepare_data()
+    straight = batches(dm, "train", n=80, workers=2)  # 80 x 64 > 4,738: crosses into epoch 2
+    resumed = batches(dm, "train", n=30, workers=2, start=50)
+    for a, b in zip(straight[50:], resumed):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    rows = [tuple(t) for b in straight for t in b["input_ids"].tolist()]  # padded rows of one length
+    in_file_order = [tuple(dm.encode(r)["input_ids"]) for r in itertools.islice(read_records(dm.paths["train"]), 64)]
+    assert [r[: len(f)] for r, f in zip(rows[:64], in_file_order)] != in_file_order  # shuffled...
+    assert rows[4738 : 4738 + 64] != rows[:64]  # ...differently in the second epoch
+    epoch1 = torch.cat([b["labels"] for b in straight])[:4738]
+    assert int(epoch1.sum()) == sum(r["label"] == "spam" for r in read_records(DATA / "spam.train.jsonl.gz"))
+
+
+def test_bad_setups_say_what_to_fix(tmp_path):
+    with pytest.raises(ConfigError, match="data.files needs train and val"):
+        LabeledDataModule("classification", {"train": "spam.train.jsonl.gz"})
+    with pytest.raises(ConfigError, match="data.kind='qa' must be one of"):
+        LabeledDataModule("qa", SPAM)
+    bad = tmp_path / "bad.conll"
+    bad.write_text("word B-x extra\n")
+    dm = LabeledDataModule("token_classification", {"train": str(bad), "val": str(bad)}, tokenizer=WORDPIECE)
+    with pytest.raises(DataError, match="a CoNLL line must be token<TAB>tag"):
+        dm.prepare_data()
+    binary = tmp_path / "bin.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    dm = LabeledDataModule("classification", {"train": str(binary), "val": str(binary)}, tokenizer=WORDPIECE)
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        dm.prepare_data()
