@@ -74,9 +74,31 @@ def test_gpt_checkpoint_classifies_from_its_last_token(tmp_path):
 
 @pytest.mark.slow
 def test_spam_from_pretrained_beats_majority(mlm_checkpoint, tmp_path):
-    """Fine-tuned for 300 steps, the classifier must clearly beat always-ham (70% of validation)."""
-    metrics = finetune(make_cfg(tmp_path, ["task=spam", f"pretrained={mlm_checkpoint}", "trainer.max_steps=300",
-                                           "trainer.val_check_interval=100", "logger=csv", "optimizer.lr=3e-4",
+    """Fine-tuned for 150 steps, the classifier must clearly beat always-ham (70% of the data).
+    Measured: val/acc 0.936, test/acc 0.924, val/f1 0.924 (300 steps: 0.959 / 0.950)."""
+    metrics = finetune(make_cfg(tmp_path, ["task=spam", f"pretrained={mlm_checkpoint}", "trainer.max_steps=150",
+                                           "trainer.val_check_interval=75", "logger=csv", "optimizer.lr=1e-3",
                                            "trainer.accelerator=cpu"], config_name="finetune"))
     assert metrics["val/acc"] >= 0.90 and metrics["test/acc"] >= 0.90, metrics
-    assert metrics["val/f1"] >= 0.85, metrics
+    assert metrics["val/f1"] >= 0.88, metrics
+
+
+def test_flops_count_the_blocks_and_head_not_the_embedding_lookup(mlm_checkpoint, tmp_path):
+    _, module, _ = build(make_cfg(tmp_path, ["task=spam", f"pretrained={mlm_checkpoint}", *FAST],
+                                  config_name="finetune"))
+    c = module.network.config
+    per_block = 4 * c.n_embd * c.n_embd + 4 * c.n_embd + 2 * c.mlp_ratio * c.n_embd * c.n_embd \
+        + (c.mlp_ratio + 1) * c.n_embd + 4 * c.n_embd  # q k v proj, fc proj, 2 LayerNorms
+    head = c.n_embd * 2 + 2
+    assert module.flops_per_token(64) == 6 * (c.n_layer * per_block + head) + 12 * c.n_layer * c.n_embd * 64
+
+
+@pytest.mark.slow
+def test_ner_finds_entities_after_300_steps(mlm_checkpoint, tmp_path):
+    """WNUT-16 from a barely pretrained encoder is hard (state of the art is ~0.5 entity F1); after
+    300 steps the tagger must find exact entity spans (F1 > 0.05) and its loss must have fallen."""
+    metrics = finetune(make_cfg(tmp_path, ["task=ner_wnut", f"pretrained={mlm_checkpoint}", "trainer.max_steps=300",
+                                           "trainer.val_check_interval=150", "logger=csv", "optimizer.lr=1e-3",
+                                           "trainer.accelerator=cpu"], config_name="finetune"))
+    assert metrics["val/f1"] > 0.05 and metrics["test/f1"] > 0.05, metrics
+    assert metrics["val/loss"] < 0.5, metrics  # from ln(21) = 3.0 at the start

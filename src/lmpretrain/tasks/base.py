@@ -13,6 +13,7 @@ from torch import nn
 
 from lmpretrain.errors import ConfigError
 from lmpretrain.models import build_network
+from lmpretrain.models.blocks import Block
 from lmpretrain.models.encdec import EncoderDecoder
 from lmpretrain.models.encoder import Encoder
 from lmpretrain.models.gpt import GPT
@@ -65,6 +66,14 @@ class FinetuneModule(LMModule):
         self.pooling = pooling
         self.network.task_head = nn.Sequential(nn.Dropout(classifier_dropout),
                                                nn.Linear(self.network.config.n_embd, len(self.labels)))
+
+    def flops_per_token(self, seq_len: int) -> float | None:
+        """6 x the weights that multiply every token (the blocks and the task head; no LM head runs
+        here, so the embedding table is a lookup, not a matmul) + the attention term."""
+        c = self.network.config
+        blocks = [m for m in self.network.modules() if isinstance(m, Block)]
+        n = sum(p.numel() for m in [*blocks, self.network.task_head] for p in m.parameters())
+        return 6 * n + 12 * len(blocks) * c.n_embd * seq_len
 
     def load_pretrained_network(self, state: dict) -> None:
         """Pretraining weights into the network; only the new task head may be missing."""
