@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from lmpretrain.errors import ConfigError
 from lmpretrain.finetune import build, finetune
 from lmpretrain.tasks import SequenceClassificationModule
 from lmpretrain.train import train

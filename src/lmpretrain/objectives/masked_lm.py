@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
-from torch import nn
 from torchmetrics import MeanMetric
 
 from lmpretrain.errors import ConfigError
