@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_cfg
 from lmpretrain.finetune import build, finetune
-from lmpretrain.tasks import SequenceClassificationModule
+from lmpretrain.tasks import SequenceClassificationModule, TokenClassificationModule
 from lmpretrain.train import train
 
 FAST = ["debug=fast", "trainer.accelerator=cpu"]
@@ -101,3 +101,12 @@ def test_ner_finds_entities_after_300_steps(mlm_checkpoint, tmp_path):
                                            "trainer.accelerator=cpu"], config_name="finetune"))
     assert metrics["val/f1"] > 0.05 and metrics["test/f1"] > 0.05, metrics
     assert metrics["val/loss"] < 0.5, metrics  # from ln(21) = 3.0 at the start
+
+
+def test_from_scratch_trains_a_tokenizer_on_the_task_and_builds_the_model_group(tmp_path):
+    metrics = finetune(make_cfg(tmp_path, ["task=ner_wnut", "model=bert_tiny", "tokenizer.vocab_size=3000", *FAST],
+                                config_name="finetune"))
+    assert {"val/f1", "test/f1", "val/token_acc"} <= set(metrics)
+    module = TokenClassificationModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert module.network.config.n_layer == 2 and module.network.config.vocab_size <= 3000
+    assert len(module.labels) == 21 and module.labels[-1] == "O"

@@ -25,6 +25,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from lmpretrain.config import to_dict
 from lmpretrain.data.corpus import resolve_files
 from lmpretrain.errors import ConfigError, DataError
 from lmpretrain.paths import cache_root, data_root
@@ -178,12 +179,12 @@ class LabeledDataModule(L.LightningDataModule):
                               f"unknown {unknown}")
         if batch_size < 1 or (block_size is not None and block_size < 4) or shuffle_buffer < 1:
             raise ConfigError("data.batch_size, data.shuffle_buffer must be >= 1 and data.block_size >= 4")
-        self.kind, self.files = kind, dict(files)
+        self.kind, self.files = kind, dict(to_dict(files))
         self.text_field, self.text_b_field, self.label_field = text_field, text_b_field, label_field
-        self.labels = list(labels) if labels else None
+        self.labels = [str(x) for x in labels] if labels else None
         self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
-        self.tokenizer_cfg = tokenizer
+        self.tokenizer_cfg = to_dict(tokenizer) if tokenizer is not None else None  # plain values: hashed, pickled
         self.data_dir = Path(data_dir) if data_dir else data_root()
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.tokenizer = None
