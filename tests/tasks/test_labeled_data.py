@@ -124,3 +124,22 @@ def test_bad_setups_say_what_to_fix(tmp_path):
     dm = LabeledDataModule("classification", {"train": str(binary), "val": str(binary)}, tokenizer=WORDPIECE)
     with pytest.raises(DataError, match="not UTF-8 text"):
         dm.prepare_data()
+
+
+def test_augmentation_rewrites_training_texts_reproducibly_and_leaves_validation_alone():
+    plain = LabeledDataModule("classification", SPAM, tokenizer=WORDPIECE, labels=["ham", "spam"], batch_size=8,
+                              block_size=64)
+    aug = LabeledDataModule("classification", SPAM, tokenizer=WORDPIECE, labels=["ham", "spam"], batch_size=8,
+                            block_size=64, augment={"p_delete": 0.3, "swap_fraction": 0.2})
+    for dm in (plain, aug):
+        dm.prepare_data()
+    a, b = batches(plain, "train", n=4), batches(aug, "train", n=4)
+    again = batches(aug, "train", n=4)
+    assert all(torch.equal(x["labels"], y["labels"]) for x, y in zip(a, b))  # same examples, same order
+    assert not torch.equal(a[0]["input_ids"][:, :32], b[0]["input_ids"][:, :32])  # different words
+    assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(b, again))  # seeded
+    resumed = batches(aug, "train", n=2, start=2)
+    assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(b[2:], resumed))
+    assert torch.equal(batches(plain, "val", n=1)[0]["input_ids"], batches(aug, "val", n=1)[0]["input_ids"])
+    with pytest.raises(ConfigError, match="data.augment rewrites words"):
+        LabeledDataModule("token_classification", NER, augment={"p_delete": 0.1})

@@ -85,9 +85,12 @@ class LabeledExamples(IterableDataset):
     """The encoded examples of one split for one rank, in batch order (see the module docstring)."""
 
     def __init__(self, path: Path, encode, batch_size: int, train: bool, seed: int, buffer: int,
-                 start_batch: int = 0, rank: int = 0, world_size: int = 1):
+                 start_batch: int = 0, rank: int = 0, world_size: int = 1, augment=None):
         super().__init__()
         self.path, self.encode, self.batch_size, self.train = path, encode, batch_size, train
+        # augment(record, key) -> record, training only; key names this draw of the example, so the
+        # same position of the stream gets the same augmented text in a resumed run.
+        self.augment = augment if train else None
         self.seed, self.buffer, self.start_batch = seed, buffer, start_batch
         self.rank, self.world_size = rank, world_size
 
@@ -118,6 +121,8 @@ class LabeledExamples(IterableDataset):
         for position, record in enumerate(self._stream()):
             batch = position // self.batch_size
             if batch >= start and (batch - start) % workers == worker:
+                if self.augment is not None:
+                    record = self.augment(record, f"{self.seed}:{self.rank}:{position}")
                 yield self.encode(record)
 
 
@@ -148,6 +153,8 @@ class LabeledDataModule(L.LightningDataModule):
     labels: the label names in index order; null = every label of the training split, sorted
         (one streaming pass).
     block_size: tokens per example, longer ones cut; null = the model's block_size.
+    augment: EDA options (`data.augment.AugmentConfig`: deletion, swap, insertion, synonyms) applied
+        to the training texts as they are drawn, a different variant each epoch; null = off.
     The tokenizer comes from the pretrained checkpoint (`set_tokenizer`), or is trained on the
     training split (`tokenizer` config) when fine-tuning from scratch.
     """
@@ -168,10 +175,14 @@ class LabeledDataModule(L.LightningDataModule):
         tokenizer: dict | None = None,
         data_dir: str | None = None,
         cache_dir: str | None = None,
+        augment: dict | None = None,
     ):
         super().__init__()
         if kind not in KINDS:
             raise ConfigError(f"data.kind={kind!r} must be one of {KINDS}")
+        if augment and kind != "classification":
+            raise ConfigError("data.augment rewrites words, which would break per-word labels; use it with "
+                              "data.kind=classification only")
         missing = [s for s in ("train", "val") if s not in (files or {})]
         unknown = sorted(set(files or {}) - set(SPLITS))
         if missing or unknown:
@@ -190,6 +201,18 @@ class LabeledDataModule(L.LightningDataModule):
         self.tokenizer = None
         self.paths: dict[str, Path] = {}
         self.train_batches_seen = 0
+        self.augmenter = None
+        if augment:
+            from lmpretrain.data.augment import AugmentConfig, TextAugmenter
+
+            self.augmenter = TextAugmenter(AugmentConfig(**to_dict(augment)))
+
+    def augment(self, record: dict, key: str) -> dict:
+        """The record with its text field(s) rewritten by the augmenter, seeded by `key`."""
+        out = dict(record)
+        for i, f in enumerate(f for f in (self.text_field, self.text_b_field) if f):
+            out[f] = self.augmenter(record[f], random.Random(f"{key}:{i}"))
+        return out
 
     # -- setup -----------------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer) -> None:
@@ -314,7 +337,8 @@ class LabeledDataModule(L.LightningDataModule):
         rank, world = data_parallel_rank_and_size(self.trainer)
         train = part == "train"
         return LabeledExamples(self.paths[part], self.encode, self.batch_size, train, self.seed, self.shuffle_buffer,
-                               start_batch=self.train_batches_seen if train else 0, rank=rank, world_size=world)
+                               start_batch=self.train_batches_seen if train else 0, rank=rank, world_size=world,
+                               augment=self.augment if self.augmenter is not None else None)
 
     def _loader(self, part: str) -> DataLoader:
         return DataLoader(self.dataset(part), batch_size=self.batch_size, num_workers=self.num_workers,
