@@ -1,6 +1,7 @@
 """Fine-tuning end to end: a pretraining checkpoint's network and tokenizer carry over, heads train
 on real downstream data, and bad input ends in one clear error."""
 
+import os
 import subprocess
 import sys
 
@@ -110,3 +111,14 @@ def test_from_scratch_trains_a_tokenizer_on_the_task_and_builds_the_model_group(
     module = TokenClassificationModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert module.network.config.n_layer == 2 and module.network.config.vocab_size <= 3000
     assert len(module.labels) == 21 and module.labels[-1] == "O"
+
+
+@pytest.mark.slow  # two processes: ~30 s
+def test_finetune_with_ddp_on_two_processes(mlm_checkpoint, tmp_path):
+    """The encoder's pretraining heads sit unused during fine-tuning: DDP must be told (auto)."""
+    r = subprocess.run([sys.executable, "-m", "lmpretrain.finetune", *FAST, "task=spam", f"pretrained={mlm_checkpoint}",
+                        "strategy=ddp", "trainer.devices=2", "data.batch_size=8", f"hydra.run.dir={tmp_path}/run"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    logs = r.stdout + r.stderr + "".join(p.read_text() for p in (tmp_path / "run").glob("*.log"))
+    assert "final metrics" in logs and "test/acc" in logs, logs[-2000:]
