@@ -229,6 +229,34 @@ class FSDP2Strategy(ModelParallelStrategy):
         self._data_parallel_size = world // self.tensor_parallel
         super().setup_environment()
 
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
+        """Lightning's loading, except that optimizer state is matched non-strictly: parameters an
+        objective never updates (BERT's pooler during MLM, the pretraining heads during fine-tuning)
+        have no AdamW state in the checkpoint, and torch's strict check would refuse to resume."""
+        from lightning.fabric.strategies.model_parallel import (
+            _distributed_checkpoint_load,
+            _is_sharded_checkpoint,
+            _load_checkpoint,
+        )
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        path = Path(self.broadcast(checkpoint_path))
+        if not _is_sharded_checkpoint(path):
+            return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        metadata = _load_checkpoint(path, {"state_dict": self.model}, strict=self.lightning_module.strict_loading,
+                                    weights_only=weights_only)
+        for idx, optimizer in enumerate(self.optimizers):
+            key = f"optimizer_{idx}"
+            state = {key: get_optimizer_state_dict(self.model, optimizer)}
+            _distributed_checkpoint_load(state, path)
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state[key],
+                                     options=StateDictOptions(cpu_offload=True, strict=False))
+        return metadata
+
     def _meshes(self):
         """(data-parallel mesh for fully_shard, tensor-parallel mesh or None), from one parent mesh
         so FSDP and TP compose (2D); hybrid splits the data-parallel dimension in (replicate, shard)."""

@@ -113,11 +113,14 @@ def test_from_scratch_trains_a_tokenizer_on_the_task_and_builds_the_model_group(
     assert len(module.labels) == 21 and module.labels[-1] == "O"
 
 
-@pytest.mark.slow  # two processes: ~30 s
-def test_finetune_with_ddp_on_two_processes(mlm_checkpoint, tmp_path):
-    """The encoder's pretraining heads sit unused during fine-tuning: DDP must be told (auto)."""
+@pytest.mark.slow  # two processes: ~40 s each
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_finetune_on_two_processes(mlm_checkpoint, tmp_path, strategy):
+    """The encoder's pretraining heads sit unused during fine-tuning: DDP must be told (auto), and
+    FSDP must load the best sharded checkpoint for the test split although those heads have no
+    optimizer state."""
     r = subprocess.run([sys.executable, "-m", "lmpretrain.finetune", *FAST, "task=spam", f"pretrained={mlm_checkpoint}",
-                        "strategy=ddp", "trainer.devices=2", "data.batch_size=8", f"hydra.run.dir={tmp_path}/run"],
+                        f"strategy={strategy}", "trainer.devices=2", "data.batch_size=8", f"hydra.run.dir={tmp_path}/run"],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     logs = r.stdout + r.stderr + "".join(p.read_text() for p in (tmp_path / "run").glob("*.log"))
