@@ -17,11 +17,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
-from lmpretrain.config import CONF_DIR, check_model_fits_data, to_dict, wandb_offline_unless_configured
+from lmpretrain.config import CONF_DIR, check_model_fits_data, to_dict
 from lmpretrain.distributed import resolve_trainer_config, resolve_unused_parameters
 from lmpretrain.errors import ConfigError, exit_on_user_error
 from lmpretrain.objectives.base import RuntimeOptions
 from lmpretrain.tasks.base import read_pretrained
+from lmpretrain.train import build_trainer, close_wandb_runs
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,7 @@ def build(cfg: DictConfig):
     module.tokenizer_json = datamodule.tokenizer.to_str()
     module.runtime = RuntimeOptions(**to_dict(cfg.get("runtime")))
     resolve_unused_parameters(trainer_cfg, module)
-
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    logger_cfgs = [c for c in (cfg.get("logger") or {}).values() if c is not None]
-    if any("wandb" in str(c.get("_target_", "")).lower() for c in logger_cfgs):
-        wandb_offline_unless_configured()
-    loggers = [instantiate(c) for c in logger_cfgs]
-    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
-    return datamodule, module, trainer
+    return datamodule, module, build_trainer(cfg, trainer_cfg)
 
 
 def finetune(cfg: DictConfig) -> dict[str, float]:
@@ -72,9 +66,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
     finally:
-        for lg in trainer.loggers:
-            if type(lg).__name__ == "WandbLogger" and lg._experiment is not None:
-                lg.experiment.finish()
+        close_wandb_runs(trainer)
     return metrics
 
 

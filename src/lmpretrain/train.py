@@ -33,14 +33,24 @@ def build(cfg: DictConfig):
     module.tokenizer_json = datamodule.tokenizer.to_str()
     module.runtime = RuntimeOptions(**to_dict(cfg.get("runtime")))
     resolve_unused_parameters(trainer_cfg, module)
+    return datamodule, module, build_trainer(cfg, trainer_cfg)
 
+
+def build_trainer(cfg: DictConfig, trainer_cfg: DictConfig) -> L.Trainer:
+    """The Trainer with the config's callbacks and loggers (wandb offline unless configured)."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger_cfgs = [c for c in (cfg.get("logger") or {}).values() if c is not None]
     if any("wandb" in str(c.get("_target_", "")).lower() for c in logger_cfgs):
         wandb_offline_unless_configured()
     loggers = [instantiate(c) for c in logger_cfgs]
-    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
-    return datamodule, module, trainer
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+
+
+def close_wandb_runs(trainer: L.Trainer) -> None:
+    """A sweep runs its jobs in one process: close each job's wandb run so the next starts its own."""
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "WandbLogger" and lg._experiment is not None:
+            lg.experiment.finish()
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -51,9 +61,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     finally:
-        for lg in trainer.loggers:  # a sweep runs its jobs in one process: close each job's wandb run
-            if type(lg).__name__ == "WandbLogger" and lg._experiment is not None:
-                lg.experiment.finish()
+        close_wandb_runs(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
         log.info("best checkpoint: %s", trainer.checkpoint_callback.best_model_path)

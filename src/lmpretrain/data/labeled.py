@@ -21,12 +21,12 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lmpretrain.config import to_dict
 from lmpretrain.data.corpus import resolve_files
+from lmpretrain.data.streaming import StreamingDataModule
 from lmpretrain.errors import ConfigError, DataError
 from lmpretrain.paths import cache_root, data_root
 
@@ -144,7 +144,7 @@ def pad_collate(pad_id: int):
     return collate
 
 
-class LabeledDataModule(L.LightningDataModule):
+class LabeledDataModule(StreamingDataModule):
     """Downstream data: `files` maps train/val(/test) to one file each (relative to the data root).
 
     kind: classification | token_classification.
@@ -177,7 +177,7 @@ class LabeledDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         augment: dict | None = None,
     ):
-        super().__init__()
+        super().__init__(block_size, batch_size, num_workers, seed)
         if kind not in KINDS:
             raise ConfigError(f"data.kind={kind!r} must be one of {KINDS}")
         if augment and kind != "classification":
@@ -193,14 +193,12 @@ class LabeledDataModule(L.LightningDataModule):
         self.kind, self.files = kind, dict(to_dict(files))
         self.text_field, self.text_b_field, self.label_field = text_field, text_b_field, label_field
         self.labels = [str(x) for x in labels] if labels else None
-        self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
-        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.shuffle_buffer = shuffle_buffer
         self.tokenizer_cfg = to_dict(tokenizer) if tokenizer is not None else None  # plain values: hashed, pickled
         self.data_dir = Path(data_dir) if data_dir else data_root()
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.tokenizer = None
         self.paths: dict[str, Path] = {}
-        self.train_batches_seen = 0
         self.augmenter = None
         if augment:
             from lmpretrain.data.augment import AugmentConfig, TextAugmenter
@@ -263,6 +261,7 @@ class LabeledDataModule(L.LightningDataModule):
         self.cls_id, self.sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         pad = next((tok.token_to_id(t) for t in ("[PAD]", "<pad>", "<|endoftext|>") if tok.token_to_id(t) is not None), 0)
         self.pad_id = pad
+        self.collate_fn = pad_collate(pad)
         self.label_index = {name: i for i, name in enumerate(self.labels)}
 
     @property
@@ -330,38 +329,15 @@ class LabeledDataModule(L.LightningDataModule):
 
     # -- loaders ---------------------------------------------------------------------------------
     def dataset(self, part: str) -> LabeledExamples:
-        from lmpretrain.distributed import data_parallel_rank_and_size
-
         if self.block_size is None:
             raise ConfigError("data.block_size is null and no model set it; give data.block_size=<tokens>")
-        rank, world = data_parallel_rank_and_size(self.trainer)
+        rank, world = self.rank_and_world()
         train = part == "train"
         return LabeledExamples(self.paths[part], self.encode, self.batch_size, train, self.seed, self.shuffle_buffer,
                                start_batch=self.train_batches_seen if train else 0, rank=rank, world_size=world,
                                augment=self.augment if self.augmenter is not None else None)
 
-    def _loader(self, part: str) -> DataLoader:
-        return DataLoader(self.dataset(part), batch_size=self.batch_size, num_workers=self.num_workers,
-                          collate_fn=pad_collate(self.pad_id), pin_memory=torch.cuda.is_available())
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
     def test_dataloader(self) -> DataLoader:
         if "test" not in self.paths:
             raise ConfigError("data.files has no test entry; add data.files.test=<file> to evaluate on a test split")
         return self._loader("test")
-
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        if self.trainer is not None and self.trainer.training:
-            self.train_batches_seen += 1
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"train_batches_seen": self.train_batches_seen}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.train_batches_seen = int(state_dict["train_batches_seen"])

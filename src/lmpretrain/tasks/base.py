@@ -92,6 +92,26 @@ class FinetuneModule(LMModule):
             return net.features(batch["input_ids"], mask)
         raise ConfigError(f"fine-tuning does not know how to read a {type(net).__name__}")
 
+    # Validation and test share one metric path; subclasses define `_eval_step(split, batch)` (update
+    # `self.metrics[split]`) and `_eval_end(split)` (log `<split>/<name>` and reset).
+    def _eval_step(self, split: str, batch: dict) -> None:
+        raise NotImplementedError
+
+    def _eval_end(self, split: str) -> None:
+        raise NotImplementedError
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
     def pool(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """(B, T, C) -> (B, C) by `self.pooling`; `mask` (B, T) marks real tokens."""
         if mask is None:

@@ -52,18 +52,6 @@ class SequenceClassificationModule(FinetuneModule):
             self.log(f"{split}/{name}", metric.compute(), prog_bar=name == "acc")
             metric.reset()
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
     @torch.no_grad()
     def predict_labels(self, batch: dict) -> list[str]:
         return [self.labels[i] for i in self(batch).argmax(-1).tolist()]

@@ -62,15 +62,3 @@ class TokenClassificationModule(FinetuneModule):
             self.log(f"{split}/{name}", value, prog_bar=name == "f1")
         for metric in m.values():
             metric.reset()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
