@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from conftest import make_cfg
 from lmpretrain.data import shard_writer
-from lmpretrain.data.shards import open_index, open_shard, read_manifest
+from lmpretrain.data.shard_format import open_index, open_shard, read_manifest
 from lmpretrain.errors import DataError
 from lmpretrain.paths import data_root, repo_root
 from lmpretrain.prepare import prepare

@@ -1,11 +1,11 @@
-"""Runtime options of objectives/base.py: fused loss, activation checkpointing, compile, FLOP count."""
+"""Runtime options of module.py: fused loss, activation checkpointing, compile, FLOP count."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lmpretrain.objectives import CausalLMModule
-from lmpretrain.objectives.base import RuntimeOptions, linear_cross_entropy
+from lmpretrain.module import RuntimeOptions, linear_cross_entropy
 
 # gpt_tiny with vocab 67 (the tiny-shakespeare char tokenizer).
 TINY = dict(arch="gpt", vocab_size=67, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)

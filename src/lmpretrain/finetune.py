@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from lmpretrain.config import CONF_DIR, check_model_fits_data, to_dict
 from lmpretrain.distributed import resolve_trainer_config, resolve_unused_parameters
 from lmpretrain.errors import ConfigError, exit_on_user_error
-from lmpretrain.objectives.base import RuntimeOptions
+from lmpretrain.module import RuntimeOptions
 from lmpretrain.tasks.base import read_pretrained
 from lmpretrain.train import build_trainer, close_wandb_runs
 

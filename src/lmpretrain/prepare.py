@@ -4,7 +4,7 @@
     -> exact + near dedup across all sources -> train/val split by document hash
     -> train the tokenizer (or load tokenizer.path) -> tokenized shards -> report -> manifest
 
-The output format is documented in `lmpretrain.data.shards`. Examples::
+The output format is documented in `lmpretrain.data.shard_format`. Examples::
 
     python -m lmpretrain.prepare                      # tiny shakespeare -> logs/prepare/default
     python -m lmpretrain.prepare prepare=shared_mix   # several shared corpora, English + Spanish
@@ -45,7 +45,7 @@ from lmpretrain.cleaning.sentences import SentenceConfig
 from lmpretrain.cleaning.sources import SourceConfig, input_stats
 from lmpretrain.data.corpus import sha256_file
 from lmpretrain.data.shard_writer import ShardWriter, plan_shards
-from lmpretrain.data.shards import (
+from lmpretrain.data.shard_format import (
     FORMAT,
     SPLITS,
     VERSION,

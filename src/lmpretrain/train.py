@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from lmpretrain.config import CONF_DIR, check_model_fits_data, to_dict, wandb_offline_unless_configured
 from lmpretrain.distributed import resolve_trainer_config, resolve_unused_parameters
 from lmpretrain.errors import exit_on_user_error
-from lmpretrain.objectives.base import RuntimeOptions
+from lmpretrain.module import RuntimeOptions
 
 log = logging.getLogger(__name__)
 

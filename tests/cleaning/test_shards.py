@@ -1,6 +1,6 @@
 import numpy as np
 
-from lmpretrain.data.shards import (
+from lmpretrain.data.shard_format import (
     ShardInfo,
     open_index,
     open_shard,

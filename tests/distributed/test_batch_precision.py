@@ -16,7 +16,7 @@ from lmpretrain.distributed import (
 )
 from lmpretrain.errors import ConfigError, find_user_error
 from lmpretrain.models import build_network
-from lmpretrain.objectives.base import clip_grad_norm_
+from lmpretrain.module import clip_grad_norm_
 from lmpretrain.train import build
 
 SHORT = ["debug=fast", "trainer.max_steps=6", "scheduler.warmup_steps=2", "scheduler.max_steps=6",

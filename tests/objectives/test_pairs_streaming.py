@@ -7,7 +7,7 @@ import torch
 from test_sentence_pairs import WORDPIECE, corpus
 
 from lmpretrain.data import pairs as pairs_module
-from lmpretrain.data.pairs import SentencePairDataModule, TokenizedDocs
+from lmpretrain.data.sentence_pairs import SentencePairDataModule, TokenizedDocs
 
 
 def first_batches(dm, n=3):

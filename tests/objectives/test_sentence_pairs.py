@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmpretrain.data.pairs import SentencePairDataModule, encode_pair, make_pair
+from lmpretrain.data.sentence_pairs import SentencePairDataModule, encode_pair, make_pair
 from lmpretrain.errors import ConfigError
 
 N = 4000

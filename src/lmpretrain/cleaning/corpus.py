@@ -20,7 +20,7 @@ from lmpretrain.cleaning.clean import CleaningPool
 from lmpretrain.cleaning.dedup import DedupConfig, exact_duplicates, near_duplicates
 from lmpretrain.cleaning.report import SourceStats
 from lmpretrain.cleaning.sources import RawDoc, SourceConfig, iter_documents
-from lmpretrain.data.shards import atomic_write
+from lmpretrain.data.shard_format import atomic_write
 from lmpretrain.errors import DataError
 
 

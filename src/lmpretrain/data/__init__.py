@@ -1,4 +1,4 @@
-"""DataModules and datasets. Imported lazily: `lmpretrain.data.shards` (used by `prepare`) must not
+"""DataModules and datasets. Imported lazily: `lmpretrain.data.shard_format` (used by `prepare`) must not
 pay for importing Lightning."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "PackedBlocks": "lmpretrain.data.packed",
-    "PackedTextDataModule": "lmpretrain.data.text",
-    "ShardsDataModule": "lmpretrain.data.mixture",
-    "SentencePairDataModule": "lmpretrain.data.pairs",
+    "PackedBlocks": "lmpretrain.data.packed_blocks",
+    "PackedTextDataModule": "lmpretrain.data.packed_text",
+    "ShardsDataModule": "lmpretrain.data.shards",
+    "SentencePairDataModule": "lmpretrain.data.sentence_pairs",
     "LabeledDataModule": "lmpretrain.data.labeled",
 }
 

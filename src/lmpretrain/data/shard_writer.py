@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from lmpretrain.cleaning.corpus import CleanedSource
 from lmpretrain.cleaning.sentences import sentence_spans
-from lmpretrain.data.shards import SPLITS, ShardInfo, atomic_write_json, shard_is_complete, write_shard
+from lmpretrain.data.shard_format import SPLITS, ShardInfo, atomic_write_json, shard_is_complete, write_shard
 
 ENCODE_BATCH = 1000  # documents per encode_batch call: bounds the memory held by Encoding objects
 

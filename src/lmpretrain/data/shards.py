@@ -1,187 +1,70 @@
-"""Tokenized shards: the on-disk format `lmpretrain.prepare` writes and training memory-maps.
+"""`ShardsDataModule`: the tokenized shards written by `lmpretrain.prepare`, mixed and streamed.
 
-An output directory holds::
-
-    manifest.json                      written last: if it exists, the directory is complete
-    tokenizer.json                     the tokenizer that produced every id below
-    report.json, plots/*.png           the quality report (see lmpretrain.cleaning.report)
-    <source>-<split>-<NNNNN>.bin       token ids, flat, little-endian, no header
-    <source>-<split>-<NNNNN>.idx.npy   int64 (n_documents,): end offset of each document
-    <source>-<split>-<NNNNN>.sent.npy  int64 (n_sentences,): end offset of each sentence
-                                       (only when prepare ran with sentences.enabled=true)
-
-`split` is `train` or `val`; `NNNNN` counts shards of one (source, split) from 00000. The `.bin`
-dtype is `manifest["dtype"]`: uint16 when vocab_size <= 65535, else uint32. Every document is
-followed by `eos_id`, so document i is `bin[idx[i-1]:idx[i]]` (start 0 for i=0), EOS included,
-and `idx[-1] == len(bin)`. Sentence offsets use the same convention; the last sentence of a
-document ends at the document's end (its EOS included), so idx is a subset of sent.
-
-manifest.json::
-
-    {"format": "lmpretrain.shards", "version": 1,
-     "fingerprint": "<sha256 of input files (path, size, mtime) + the config that shapes output>",
-     "dtype": "uint16", "vocab_size": 8000, "eos_id": 0,
-     "tokenizer": {"file": "tokenizer.json", "sha256": "<hex of the file's bytes>"},
-     "sources": {"<name>": {"path": ..., "format": ..., "documents": {"train": n, "val": n},
-                            "tokens": {"train": n, "val": n}}},
-     "counts": {"train": {"documents": n, "tokens": n}, "val": {"documents": n, "tokens": n}},
-     "config": {<the resolved prepare config>},
-     "shards": [{"source": "wiki", "split": "train", "number": 0,
-                 "bin": "wiki-train-00000.bin", "idx": "wiki-train-00000.idx.npy",
-                 "sent": null, "documents": n, "tokens": n}, ...]}
-
-Every file is written to a temporary name and renamed (`os.replace`) into place, so a reader never
-sees a partial file; within a shard the `.idx.npy` is renamed last and marks the shard complete.
+Each source's shards are read lazily, block by block (pread); training draws sources by `weights` with a seeded
+generator (see `data/packed_blocks.py` for the exact order), packs blocks, and shards them across ranks
+and workers. Validation reads every source's validation shards once, in order. The tokenizer is
+the one `prepare` trained (`<dir>/tokenizer.json`), checked against the manifest's hash.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
+from tokenizers import Tokenizer
 
-from lmpretrain.errors import DataError
+from lmpretrain.data.corpus import sha256_file
+from lmpretrain.data.shard_format import SPLITS, read_manifest
+from lmpretrain.data.streaming import StreamingDataModule
+from lmpretrain.errors import ConfigError, DataError
 
-FORMAT, VERSION = "lmpretrain.shards", 1
-SPLITS = ("train", "val")
 
+class ShardsDataModule(StreamingDataModule):
+    def __init__(
+        self,
+        dir: str,
+        weights: dict[str, float] | None = None,
+        block_size: int = 256,
+        batch_size: int = 12,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__(block_size, batch_size, num_workers, seed)
+        self.dir = Path(dir).expanduser()
+        self.source_weights = dict(weights) if weights else None
+        self.manifest = None
+        self.tokenizer = None
 
-@dataclass
-class ShardInfo:
-    source: str
-    split: str  # "train" | "val"
-    number: int
-    documents: int = 0
-    tokens: int = 0
-    has_sentences: bool = False
+    def prepare_data(self) -> None:
+        if self.manifest is not None:
+            return
+        manifest = read_manifest(self.dir)
+        tok_path = self.dir / manifest.raw["tokenizer"]["file"]
+        if sha256_file(tok_path) != manifest.tokenizer_sha256:
+            raise DataError(f"{tok_path} does not match the manifest's tokenizer hash; re-run lmpretrain.prepare")
+        self.tokenizer = Tokenizer.from_file(str(tok_path))
+        self.manifest, self.dtype = manifest, manifest.dtype
+        names = self.source_names("train")
+        if self.source_weights is not None:
+            if unknown := sorted(set(self.source_weights) - set(names)):
+                raise ConfigError(f"data.weights names unknown source(s) {unknown}; the shards hold {names}")
+            self.weights = [float(self.source_weights.get(n, 0.0)) for n in names]
+        for part in SPLITS:
+            if not any(s.tokens for s in manifest.shards_for(part)):
+                raise DataError(f"{self.dir} has no {part} tokens; re-run prepare with more text or a larger val_fraction")
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
 
     @property
-    def stem(self) -> str:
-        return f"{self.source}-{self.split}-{self.number:05d}"
+    def vocab_size(self) -> int:
+        self.prepare_data()
+        return self.tokenizer.get_vocab_size()
 
-    @property
-    def bin(self) -> str:
-        return f"{self.stem}.bin"
+    def source_names(self, part: str) -> list[str]:
+        return sorted({s.source for s in self.manifest.shards_for(part)})
 
-    @property
-    def idx(self) -> str:
-        return f"{self.stem}.idx.npy"
-
-    @property
-    def sent(self) -> str | None:
-        return f"{self.stem}.sent.npy" if self.has_sentences else None
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "bin": self.bin, "idx": self.idx, "sent": self.sent}
-
-    @classmethod
-    def from_json(cls, d: dict) -> ShardInfo:
-        return cls(d["source"], d["split"], d["number"], d["documents"], d["tokens"], d.get("sent") is not None)
-
-
-@dataclass
-class Manifest:
-    dtype: np.dtype
-    vocab_size: int
-    eos_id: int
-    fingerprint: str
-    tokenizer_sha256: str
-    shards: list[ShardInfo]
-    raw: dict = field(repr=False, default_factory=dict)  # the whole manifest.json
-
-    def shards_for(self, split: str, source: str | None = None) -> list[ShardInfo]:
-        return [s for s in self.shards if s.split == split and (source is None or s.source == source)]
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype("<u2") if vocab_size <= 65535 else np.dtype("<u4")
-
-
-def read_manifest(directory: str | os.PathLike) -> Manifest:
-    path = Path(directory) / "manifest.json"
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; run `python -m lmpretrain.prepare output_dir={directory}` first")
-    raw = json.loads(path.read_text())
-    if raw.get("format") != FORMAT or raw.get("version") != VERSION:
-        raise DataError(f"{path} is not an {FORMAT} v{VERSION} manifest; re-run lmpretrain.prepare")
-    return Manifest(
-        dtype=np.dtype(raw["dtype"]).newbyteorder("<"),
-        vocab_size=raw["vocab_size"],
-        eos_id=raw["eos_id"],
-        fingerprint=raw["fingerprint"],
-        tokenizer_sha256=raw["tokenizer"]["sha256"],
-        shards=[ShardInfo.from_json(s) for s in raw["shards"]],
-        raw=raw,
-    )
-
-
-def open_shard(directory: str | os.PathLike, info: ShardInfo, dtype: np.dtype | None = None) -> np.memmap:
-    """The shard's tokens, memory-mapped read-only, shape (tokens,)."""
-    dtype = dtype if dtype is not None else read_manifest(directory).dtype
-    if info.tokens == 0:
-        return np.zeros(0, dtype=dtype)  # np.memmap cannot map an empty file
-    return np.memmap(Path(directory) / info.bin, dtype=dtype, mode="r", shape=(info.tokens,))
-
-
-def open_index(directory: str | os.PathLike, info: ShardInfo, sentences: bool = False) -> np.ndarray:
-    """Document (or sentence) end offsets, int64, memory-mapped."""
-    name = info.sent if sentences else info.idx
-    if name is None:
-        raise DataError(f"shard {info.stem} has no sentence index; re-run prepare with sentences.enabled=true")
-    return np.load(Path(directory) / name, mmap_mode="r")
-
-
-# --- writing (used by lmpretrain.prepare) ---
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) then rename tmp over `path`: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
-
-
-def _save_npy(array: np.ndarray) -> Callable[[Path], None]:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object, so np.save does not append ".npy" to the tmp name
-            np.save(f, array)
-
-    return write
-
-
-def write_shard(directory: Path, info: ShardInfo, docs: list[np.ndarray], sentence_ends: list[np.ndarray] | None,
-                dtype: np.dtype) -> None:
-    """Write one shard from per-document token arrays (EOS already appended); idx goes last."""
-    lengths = np.array([len(d) for d in docs], dtype=np.int64)
-    ends = np.cumsum(lengths)
-    tokens = np.concatenate(docs).astype(dtype) if docs else np.zeros(0, dtype)
-    atomic_write(directory / info.bin, lambda tmp: tokens.tofile(tmp))
-    if sentence_ends is not None:
-        starts = ends - lengths
-        sent = np.concatenate([s + start for s, start in zip(sentence_ends, starts)]) if docs else np.zeros(0, np.int64)
-        atomic_write(directory / info.sent, _save_npy(sent.astype(np.int64)))
-    atomic_write(directory / info.idx, _save_npy(ends))
-    info.documents, info.tokens = len(docs), int(ends[-1]) if len(ends) else 0
-
-
-def shard_is_complete(directory: Path, info: ShardInfo, dtype: np.dtype) -> bool:
-    """True when the idx (written last) exists and agrees with the .bin's size."""
-    idx_path, bin_path = directory / info.idx, directory / info.bin
-    if not idx_path.is_file() or not bin_path.is_file():
-        return False
-    if info.has_sentences and not (directory / info.sent).is_file():
-        return False
-    ends = np.load(idx_path)
-    tokens = int(ends[-1]) if len(ends) else 0
-    return bin_path.stat().st_size == tokens * dtype.itemsize
+    def sources(self, part: str) -> list[list[str]]:
+        return [
+            [str(self.dir / s.bin) for s in self.manifest.shards_for(part, name) if s.tokens]
+            for name in self.source_names(part)
+        ]

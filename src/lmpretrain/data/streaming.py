@@ -6,7 +6,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from lmpretrain.data.packed import PackedBlocks
+from lmpretrain.data.packed_blocks import PackedBlocks
 
 
 class StreamingDataModule(L.LightningDataModule):

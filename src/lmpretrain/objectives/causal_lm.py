@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from lmpretrain.metrics import TokenNLL
 from lmpretrain.models import build_network
-from lmpretrain.objectives.base import LMModule, linear_cross_entropy
+from lmpretrain.module import LMModule, linear_cross_entropy
 
 
 class CausalLMModule(LMModule):

@@ -4,7 +4,7 @@ Masking lives here and only here: `mask_tokens` selects 15% of the maskable toke
 whole words), replaces 80% of those with [MASK], 10% with a random ordinary token and leaves 10%
 unchanged; the loss is computed on the selected positions only. Special tokens ([CLS], [SEP],
 [PAD], ...) are never selected. The sentence pairs themselves (segment ids, NSP/SOP labels) are
-built by the data module (`lmpretrain.data.pairs`), which sees whole documents.
+built by the data module (`lmpretrain.data.sentence_pairs`), which sees whole documents.
 """
 
 from __future__ import annotations

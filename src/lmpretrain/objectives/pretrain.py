@@ -20,7 +20,7 @@ from torch import nn
 
 from lmpretrain.errors import ConfigError
 from lmpretrain.models import build_network
-from lmpretrain.objectives.base import LMModule
+from lmpretrain.module import LMModule
 
 
 def derive_seed(*parts: int) -> int:

@@ -17,7 +17,7 @@ from lmpretrain.models.blocks import Block
 from lmpretrain.models.encdec import EncoderDecoder
 from lmpretrain.models.encoder import Encoder
 from lmpretrain.models.gpt import GPT
-from lmpretrain.objectives.base import LMModule
+from lmpretrain.module import LMModule
 
 POOLINGS = ("auto", "cls", "mean", "last")
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lmpretrain.data.shards import token_dtype
+from lmpretrain.data.shard_format import token_dtype
 from lmpretrain.errors import DataError
 
 ENCODE_BATCH = 1024  # lines per tokenizer.encode_batch call (the Rust side parallelizes)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lmpretrain.config import to_dict
 from lmpretrain.data.corpus import SPLITS, open_corpus
-from lmpretrain.data.packed import token_dtype, write_token_file
+from lmpretrain.data.packed_blocks import token_dtype, write_token_file
 from lmpretrain.data.streaming import StreamingDataModule
 from lmpretrain.errors import ConfigError, DataError
 from lmpretrain.paths import cache_root, data_root
