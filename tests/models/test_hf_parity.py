@@ -22,6 +22,8 @@ def random_bert():
         for name, p in model.named_parameters():
             if name.endswith("bias") or "LayerNorm" in name:
                 p.add_(0.1 * torch.randn_like(p))
+        # The NSP head's two classes start nearly tied (std 0.02 weights); spread them so a swap shows.
+        model.cls.seq_relationship.weight.normal_(0.0, 0.5)
     return model
 
 
@@ -52,6 +54,33 @@ def test_bert_logits_match_hf_within_1e5():
     assert diff < TOL, diff
     pooled_ref = hf.bert(input_ids=ids, attention_mask=mask, token_type_ids=segments).pooler_output
     assert (ours.pool(h) - pooled_ref).abs().max().item() < TOL
+    # The NSP head: HF's class 0 is "B continues A", ours (the data module's pair_label) is class 1.
+    with torch.no_grad():
+        pair = ours.pair_head(ours.pool(h))  # (B, 2)
+    ref_pair = ref.seq_relationship_logits
+    assert pair.shape == ref_pair.shape == (3, 2)
+    assert (ref_pair[:, 0] - ref_pair[:, 1]).abs().min() > 0.1  # the classes differ: a swap would show
+    diff = (pair - ref_pair.flip(-1)).abs().max().item()
+    assert diff < TOL, diff
+
+
+def test_bert_nsp_label_convention_survives_the_port():
+    """HF's next_sentence_label 0 (B continues A) is our pair_label 1: HF's own NSP loss of a batch
+    under its labels equals ours under the translated labels, and not under the same labels."""
+    hf = random_bert()
+    nsp = transformers.BertForNextSentencePrediction(hf.config).eval()
+    missing, _ = nsp.load_state_dict(hf.state_dict(), strict=False)  # bert.* and cls.seq_relationship.*
+    assert not missing, missing
+    ours = bert_from_hf(hf).eval()
+    ids = torch.randint(0, 97, (4, 32), generator=torch.Generator().manual_seed(2))
+    segments = (torch.arange(32) >= 16).long().expand(4, 32)
+    hf_labels = torch.tensor([0, 1, 1, 1])
+    with torch.no_grad():
+        ref = nsp(input_ids=ids, token_type_ids=segments, labels=hf_labels).loss
+        logits = ours.pair_head(ours.pool(ours.features(ids, None, segments)))
+    ce = torch.nn.functional.cross_entropy
+    assert abs(ce(logits, 1 - hf_labels).item() - ref.item()) < TOL, (ce(logits, 1 - hf_labels), ref)
+    assert abs(ce(logits, hf_labels).item() - ref.item()) > 0.01
 
 
 def test_gpt2_logits_match_hf_within_1e5():
@@ -71,7 +100,23 @@ def test_ports_round_trip_into_fresh_hf_models():
         fresh = type(hf)(hf.config)
         to_hf(to_ours(hf), fresh)
         ref = hf.state_dict()
+        names = set(fresh.state_dict())
+        assert make is random_gpt2 or {"cls.seq_relationship.weight", "cls.seq_relationship.bias"} <= names
         for name, t in fresh.state_dict().items():
-            if "seq_relationship" in name:  # the NSP head lives in the objective, not the network
-                continue
             torch.testing.assert_close(t, ref[name], rtol=0, atol=0, msg=name)
+
+
+def test_bert_for_masked_lm_has_no_pair_head_to_port():
+    """BertForMaskedLM lacks the pooler and `cls.seq_relationship`: both directions still work
+    (our pooler and pair_head keep their own initialisation) and the MLM logits still match."""
+    hf = random_bert()
+    mlm = transformers.BertForMaskedLM(hf.config).eval()
+    ours = bert_from_hf(mlm)
+    fresh = transformers.BertForMaskedLM(hf.config)
+    bert_to_hf(ours, fresh)
+    for name, t in fresh.state_dict().items():
+        torch.testing.assert_close(t, mlm.state_dict()[name], rtol=0, atol=0, msg=name)
+    ids = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        diff = (ours.eval()(ids) - mlm(input_ids=ids).logits).abs().max().item()
+    assert diff < TOL, diff

@@ -1,10 +1,13 @@
 """Weights between `transformers` BERT / GPT-2 and our `Encoder` / `GPT`, both directions.
 
-Each port is a table of (our names, HF names, conv1d) rows: the tensors of one row, put in
+Each port is a table of (our names, HF names, layout) rows: the tensors of one row, put in
 PyTorch's (out, in) layout and concatenated along dim 0, are the same on both sides. That covers
-the renames and GPT-2's fused `c_attn` vs our separate `q`, `k`, `v`; `conv1d` marks GPT-2's Conv1D weights, stored (in, out). `transformers` itself is not
-imported here: the functions take a model object (or its config and state dict), so this module
-costs nothing for users who never port.
+the renames and GPT-2's fused `c_attn` vs our separate `q`, `k`, `v`. The third field says how the HF
+side is laid out: `CONV1D` marks GPT-2's Conv1D weights, stored (in, out); `SWAPPED` marks BERT's
+next-sentence head (`cls.seq_relationship` -> our `pair_head`), whose two classes come in the other
+order (HF: 0 = B continues A; ours, as the data module labels pairs: 1 = B continues A), so its rows
+are exchanged. `transformers` itself is not imported here: the functions take a model object (or its
+config and state dict), so this module costs nothing for users who never port.
 """
 
 from __future__ import annotations
@@ -16,25 +19,29 @@ from lmpretrain.errors import ConfigError
 from lmpretrain.models.encoder import Encoder, EncoderConfig
 from lmpretrain.models.gpt import GPT, GPTConfig
 
-Row = tuple[list[str], list[str], bool]
+CONV1D, SWAPPED = "conv1d", "swapped"  # how a row's HF tensors differ from ours (None: not at all)
+Row = tuple[list[str], list[str], str | None]
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
-def _linear(ours: str, hf: str, conv1d: bool = False) -> list[Row]:
-    return [([f"{ours}.weight"], [f"{hf}.weight"], conv1d), ([f"{ours}.bias"], [f"{hf}.bias"], conv1d)]
+def _linear(ours: str, hf: str, layout: str | None = None) -> list[Row]:
+    return [([f"{ours}.weight"], [f"{hf}.weight"], layout), ([f"{ours}.bias"], [f"{hf}.bias"], layout)]
 
 
-def bert_rows(n_layer: int, prefix: str = "bert.") -> list[Row]:
+def bert_rows(n_layer: int, prefix: str = "bert.", pooler: bool = True, pair_head: bool = True) -> list[Row]:
+    """pooler, pair_head: map the pooler and the NSP head too (`BertForPreTraining` has both,
+    `BertForMaskedLM` neither)."""
     rows: list[Row] = [
-        (["tok_emb.weight"], [f"{prefix}embeddings.word_embeddings.weight"], False),
-        (["pos_emb.weight"], [f"{prefix}embeddings.position_embeddings.weight"], False),
-        (["seg_emb.weight"], [f"{prefix}embeddings.token_type_embeddings.weight"], False),
+        (["tok_emb.weight"], [f"{prefix}embeddings.word_embeddings.weight"], None),
+        (["pos_emb.weight"], [f"{prefix}embeddings.position_embeddings.weight"], None),
+        (["seg_emb.weight"], [f"{prefix}embeddings.token_type_embeddings.weight"], None),
         *_linear("emb_norm", f"{prefix}embeddings.LayerNorm"),
-        *_linear("pooler", f"{prefix}pooler.dense"),
+        *(_linear("pooler", f"{prefix}pooler.dense") if pooler else []),
         *_linear("mlm_head.dense", "cls.predictions.transform.dense"),
         *_linear("mlm_head.norm", "cls.predictions.transform.LayerNorm"),
-        (["mlm_head.bias"], ["cls.predictions.bias"], False),
-        (["mlm_head.decoder.weight"], ["cls.predictions.decoder.weight"], False),
+        (["mlm_head.bias"], ["cls.predictions.bias"], None),
+        (["mlm_head.decoder.weight"], ["cls.predictions.decoder.weight"], None),
+        *(_linear("pair_head", "cls.seq_relationship", SWAPPED) if pair_head else []),
     ]
     for i in range(n_layer):
         ours, hf = f"blocks.{i}", f"{prefix}encoder.layer.{i}"
@@ -53,43 +60,48 @@ def bert_rows(n_layer: int, prefix: str = "bert.") -> list[Row]:
 
 def gpt2_rows(n_layer: int, prefix: str = "transformer.") -> list[Row]:
     rows: list[Row] = [
-        (["tok_emb.weight"], [f"{prefix}wte.weight"], False),
-        (["pos_emb.weight"], [f"{prefix}wpe.weight"], False),
+        (["tok_emb.weight"], [f"{prefix}wte.weight"], None),
+        (["pos_emb.weight"], [f"{prefix}wpe.weight"], None),
         *_linear("norm", f"{prefix}ln_f"),
-        (["lm_head.weight"], ["lm_head.weight"], False),
+        (["lm_head.weight"], ["lm_head.weight"], None),
     ]
     for i in range(n_layer):
         ours, hf = f"blocks.{i}", f"{prefix}h.{i}"
         rows += [
             *_linear(f"{ours}.norm1", f"{hf}.ln_1"),
-            ([f"{ours}.attn.{n}.weight" for n in "qkv"], [f"{hf}.attn.c_attn.weight"], True),
-            ([f"{ours}.attn.{n}.bias" for n in "qkv"], [f"{hf}.attn.c_attn.bias"], True),
-            *_linear(f"{ours}.attn.proj", f"{hf}.attn.c_proj", conv1d=True),
+            ([f"{ours}.attn.{n}.weight" for n in "qkv"], [f"{hf}.attn.c_attn.weight"], CONV1D),
+            ([f"{ours}.attn.{n}.bias" for n in "qkv"], [f"{hf}.attn.c_attn.bias"], CONV1D),
+            *_linear(f"{ours}.attn.proj", f"{hf}.attn.c_proj", CONV1D),
             *_linear(f"{ours}.norm2", f"{hf}.ln_2"),
-            *_linear(f"{ours}.mlp.fc", f"{hf}.mlp.c_fc", conv1d=True),
-            *_linear(f"{ours}.mlp.proj", f"{hf}.mlp.c_proj", conv1d=True),
+            *_linear(f"{ours}.mlp.fc", f"{hf}.mlp.c_fc", CONV1D),
+            *_linear(f"{ours}.mlp.proj", f"{hf}.mlp.c_proj", CONV1D),
         ]
     return rows
 
 
-def _layout(t: torch.Tensor, conv1d: bool) -> torch.Tensor:
-    """Conv1D (in, out) <-> Linear (out, in); its own inverse."""
-    return t.t() if conv1d and t.ndim == 2 else t
+def _layout(t: torch.Tensor, layout: str | None) -> torch.Tensor:
+    """An HF tensor <-> ours: Conv1D (in, out) <-> Linear (out, in), or the two classes exchanged;
+    each is its own inverse."""
+    if layout == CONV1D:
+        return t.t() if t.ndim == 2 else t
+    if layout == SWAPPED:
+        return t.flip(0)
+    return t
 
 
 def transfer(rows: list[Row], src: dict, dst: dict, to_ours: bool) -> dict:
     """Fill a copy of state dict `dst` from `src` along `rows` (HF -> ours when to_ours)."""
     out = dict(dst)
-    for ours, hf, conv1d in rows:
+    for ours, hf, layout in rows:
         src_names, dst_names = (hf, ours) if to_ours else (ours, hf)
-        src_conv, dst_conv = conv1d and to_ours, conv1d and not to_ours
+        src_layout, dst_layout = (layout, None) if to_ours else (None, layout)
         missing = [n for n in src_names if n not in src] + [n for n in dst_names if n not in dst]
         if missing:
             raise KeyError(f"state dict has no {missing}; is this the right architecture?")
-        flat = torch.cat([_layout(src[n], src_conv) for n in src_names])  # (sum of out, ...)
-        sizes = [_layout(dst[n], dst_conv).shape[0] for n in dst_names]
+        flat = torch.cat([_layout(src[n], src_layout) for n in src_names])  # (sum of out, ...)
+        sizes = [_layout(dst[n], dst_layout).shape[0] for n in dst_names]
         for name, part in zip(dst_names, flat.split(sizes)):
-            value = _layout(part, dst_conv)
+            value = _layout(part, dst_layout)
             if value.shape != dst[name].shape:
                 raise ValueError(f"{name}: shape {tuple(value.shape)} from the source, {tuple(dst[name].shape)} expected")
             out[name] = value.clone().to(dst[name].dtype)
@@ -137,6 +149,14 @@ def _prefix(state: dict, prefix: str) -> str:
     return prefix if any(k.startswith(prefix) for k in state) else ""
 
 
+def _bert_rows_for(n_layer: int, hf_state: dict) -> list[Row]:
+    """The rows for what this HF BERT holds; our pooler / pair_head keep their own initialisation
+    when it has none (and are not exported)."""
+    prefix = _prefix(hf_state, "bert.")
+    return bert_rows(n_layer, prefix, pooler=f"{prefix}pooler.dense.weight" in hf_state,
+                     pair_head="cls.seq_relationship.weight" in hf_state)
+
+
 def _load(net: nn.Module, rows: list[Row], hf_state: dict) -> nn.Module:
     net.load_state_dict(transfer(rows, hf_state, net.state_dict(), to_ours=True), strict=True)
     return net
@@ -146,7 +166,7 @@ def bert_from_hf(hf_model) -> Encoder:
     """Our Encoder with the weights of a `BertForPreTraining` / `BertForMaskedLM`."""
     state = hf_model.state_dict()
     net = Encoder(encoder_config_from_hf(hf_model.config))
-    return _load(net, bert_rows(net.config.n_layer, _prefix(state, "bert.")), state)
+    return _load(net, _bert_rows_for(net.config.n_layer, state), state)
 
 
 def gpt2_from_hf(hf_model) -> GPT:
@@ -159,7 +179,7 @@ def gpt2_from_hf(hf_model) -> GPT:
 def bert_to_hf(net: Encoder, hf_model) -> None:
     """Copy our Encoder's weights into a same-shaped `BertForPreTraining` / `BertForMaskedLM`."""
     state = hf_model.state_dict()
-    rows = bert_rows(net.config.n_layer, _prefix(state, "bert."))
+    rows = _bert_rows_for(net.config.n_layer, state)
     hf_model.load_state_dict(transfer(rows, net.state_dict(), state, to_ours=False), strict=False)
 
 
