@@ -7,9 +7,10 @@ emit each sentinel followed by the span it stands for.
     targets  : <s0> b c <s1> f g </s>
 
 Sentinels are ids past the tokenizer's vocabulary (T5's extra_ids): the network is built with
-`model.vocab_size + n_sentinels` rows, sentinel k is `model.vocab_size + k`. Span counts depend only
-on the sequence length, so every row of a packed batch corrupts to the same input/target lengths
-and nothing needs padding.
+`model.vocab_size + n_sentinels` rows, sentinel k is `model.vocab_size + k`. Checkpoints save the
+model config as built (sentinel rows included) and `sentinel0`, so fine-tuning rebuilds the same
+network. Span counts depend only on the sequence length, so every row of a packed batch corrupts to
+the same input/target lengths and nothing needs padding.
 """
 
 from __future__ import annotations
@@ -138,11 +139,21 @@ class SpanCorruptionModule(PretrainModule):
 
     def __init__(self, model: dict, noise_density: float = 0.15, mean_span_length: float = 3.0,
                  n_sentinels: int = 100, eos_token: str = "[SEP]", start_token: str | None = "[PAD]",
-                 optimizer: dict | None = None, scheduler: dict | None = None, seed: int = 0):
-        sentinel0 = int(model.get("vocab_size") or 0)  # the tokenizer's ids end here
-        if sentinel0 <= 0:
-            raise ConfigError("model.vocab_size is unset; it comes from the tokenizer (build via train())")
-        super().__init__({**model, "vocab_size": sentinel0 + n_sentinels}, optimizer, scheduler, seed)
-        self.save_hyperparameters()  # `model` as given: reloading adds the sentinels again
+                 optimizer: dict | None = None, scheduler: dict | None = None, seed: int = 0,
+                 sentinel0: int | None = None):
+        # From the config, `model.vocab_size` is the tokenizer's and the sentinels go on top. The saved
+        # hyperparameters describe the network as built (vocab_size with the sentinels) and name the
+        # first sentinel, so a checkpoint's `model` alone rebuilds this network (fine-tuning reads
+        # it) and load_from_checkpoint, which passes sentinel0 back, does not add the sentinels twice.
+        if sentinel0 is None:
+            sentinel0 = int(model.get("vocab_size") or 0)  # the tokenizer's ids end here
+            if sentinel0 <= 0:
+                raise ConfigError("model.vocab_size is unset; it comes from the tokenizer (build via train())")
+            model = {**model, "vocab_size": sentinel0 + n_sentinels}
+        elif model.get("vocab_size") != sentinel0 + n_sentinels:
+            raise ConfigError(f"model.vocab_size={model.get('vocab_size')} must be sentinel0 + n_sentinels = "
+                              f"{sentinel0} + {n_sentinels} when sentinel0 is given")
+        super().__init__(model, optimizer, scheduler, seed)
+        self.save_hyperparameters()  # the init arguments as they stand now: model with sentinels, sentinel0
         cfg = SpanConfig(noise_density, mean_span_length, n_sentinels)
         self.set_tasks({"span_corruption": SpanCorruptionTask(sentinel0, cfg, eos_token, start_token)})
