@@ -9,14 +9,13 @@ Documents are 30-word windows over all shared corpora (../shared/data), concaten
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import time
 
 import numpy as np
 
 from lmpretrain.cleaning.dedup import DedupConfig, MinHasher, exact_duplicates, exact_hash, near_duplicates
 from lmpretrain.cleaning.dedup_eval import measure_dedup_quality
+from lmpretrain.data.readers import read_fields
 from lmpretrain.paths import data_root
 
 FIELDS = {"debian_packages.train.jsonl.gz": "description", "spam.train.jsonl.gz": "text",
@@ -28,10 +27,8 @@ def corpus_words() -> list[str]:
     root = data_root()
     words = (root / "tinyshakespeare.txt").read_text(encoding="utf-8").split()
     for name, field in FIELDS.items():
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(root / name, "rt", encoding="utf-8") as f:
-            for line in f:
-                words += json.loads(line)[field].split()
+        for _, (text,) in read_fields(root / name, (field,)):
+            words += text.split()
     return words
 
 

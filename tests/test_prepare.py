@@ -13,11 +13,10 @@ import pytest
 from tokenizers import Tokenizer
 
 from conftest import make_cfg
-from lmpretrain.data import shard_writer
 from lmpretrain.data.shard_format import open_index, open_shard, read_manifest
 from lmpretrain.errors import DataError
 from lmpretrain.paths import data_root, repo_root
-from lmpretrain.prepare import prepare
+from lmpretrain.prepare import prepare, shard_writer
 
 SHAKESPEARE = data_root() / "tinyshakespeare.txt"
 
@@ -206,7 +205,7 @@ def bad_file(tmp_path: Path, kind: str) -> tuple[str, dict, str]:
         path = tmp_path / "bad.txt.gz"
         with gzip.open(path, "wb") as f:
             f.write("good line\n\nna\u00efve caf\u00e9\n".encode("latin-1"))
-        return str(path), {"format": "text"}, f"{path}:3: not valid UTF-8 (byte 0xef at column 3)"
+        return str(path), {"format": "text"}, f"{path}:3: not UTF-8 (byte 0xef at column 3)"
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "one fine document with words"}\n{"text": "two"}\n{"body": "no text field"}\n')
     return str(path), {}, f"{path}:3: no field 'text' (has ['body'])"
@@ -243,7 +242,7 @@ def test_empty_source_is_an_error(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n   \n")
     with pytest.raises(DataError, match="source 'e' .* has no documents"):
         prepare(config(tmp_path, {"e": {"path": str(tmp_path / "empty.txt")}}))
-    with pytest.raises(DataError, match="matches no file"):
+    with pytest.raises(DataError, match="no file matches"):
         prepare(config(tmp_path, {"e": {"path": str(tmp_path / "missing*.txt")}}))
 
 

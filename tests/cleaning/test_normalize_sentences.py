@@ -4,7 +4,7 @@ from lmpretrain.cleaning.normalize import (
     normalize_text,
     remove_control_chars,
 )
-from lmpretrain.cleaning.sentences import sentence_spans, split_sentences
+from lmpretrain.data.sentences import sentence_spans, split_sentences
 
 
 def test_nfc_joins_combining_accent_and_nfkc_folds_compatibility_forms():

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lmpretrain.atomic import atomic_write
 from lmpretrain.cleaning.clean import CleanedBatch, stage_of
-from lmpretrain.data.shard_format import atomic_write
 
 STAGES = ("read", "normalize", "langid", "quality", "exact_dedup", "near_dedup")
 LENGTH_BIN_EDGES = [0, *(2**k for k in range(21))]  # words: 0, 1, 2, 4, ..., 2^20

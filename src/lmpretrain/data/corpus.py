@@ -1,4 +1,5 @@
-"""Find, verify and stream text corpora: plain text and jsonl, optionally gzip'd.
+"""Find, verify and stream text corpora: plain text and jsonl, optionally gzip'd (read through
+`data.readers`), and the hash train/val split that training and prepare share.
 
 Everything here streams line by line; nothing reads a whole file into memory. Problems a user can
 fix (missing file, wrong checksum, non-UTF-8 bytes, a jsonl line without the text field) raise
@@ -8,9 +9,7 @@ fix (missing file, wrong checksum, non-UTF-8 bytes, a jsonl line without the tex
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
-import json
 import os
 import shutil
 import urllib.request
@@ -18,19 +17,12 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
+from lmpretrain.data.readers import DATA, Keys, is_jsonl, open_binary, read_fields, read_lines
 from lmpretrain.errors import DataError
 
 SPLITS = ("train", "val")
-
-
-def _open(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def is_jsonl(path: Path) -> bool:
-    return path.name.removesuffix(".gz").endswith((".jsonl", ".json"))
+MISSING_FIX = "set LMPRETRAIN_DATA to the folder holding it or fix data.files"
 
 
 def sha256_file(path: Path) -> str:
@@ -63,11 +55,14 @@ def resolve_files(
     cache_dir: str | os.PathLike | None = None,
     checksums: dict[str, str] | None = None,
     urls: dict[str, str] | None = None,
+    fix: str = MISSING_FIX,
 ) -> list[Path]:
-    """Expand `files` (paths or globs; relative ones are under `data_dir`) into existing files.
+    """Expand `files` (paths, globs or directories; relative ones are under `data_dir`) into
+    existing files; a directory means every file below it (hidden ones excepted), sorted.
 
     A file that is missing but has a URL is downloaded once into `cache_dir`. A file with a
-    checksum is verified (a corrupt copy must not silently train a model).
+    checksum is verified (a corrupt copy must not silently train a model). `fix` ends the message
+    about a missing file: what to change.
     """
     checksums, urls = checksums or {}, urls or {}
     if not files:
@@ -77,10 +72,13 @@ def resolve_files(
         path = Path(spec).expanduser()
         if not path.is_absolute():
             path = Path(data_dir) / path
-        if glob.has_magic(str(path)):
-            matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        if glob.has_magic(str(path)) or path.is_dir():
+            if path.is_dir():
+                matches = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            else:
+                matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
             if not matches:
-                raise DataError(f"no file matches {path}; check data.files or set LMPRETRAIN_DATA")
+                raise DataError(f"no file matches {path}; {fix}")
             out.extend(matches)
             continue
         if not path.is_file() and spec in urls and cache_dir is not None:
@@ -89,10 +87,7 @@ def resolve_files(
                 _download(urls[spec], cached, checksums.get(spec))
             path = cached
         if not path.is_file():
-            raise DataError(
-                f"corpus file {path} does not exist; set LMPRETRAIN_DATA to the folder holding it "
-                f"or pass data.files=[/path/to/file]"
-            )
+            raise DataError(f"corpus file {path} does not exist; {fix}")
         if spec in checksums and (got := sha256_file(path)) != checksums[spec]:
             raise DataError(f"{path} has sha256 {got}, expected {checksums[spec]}; replace the file with a good copy")
         out.append(path)
@@ -112,13 +107,27 @@ def corpus_fingerprint(paths: list[Path], *settings) -> str:
 def _decoded_size(path: Path) -> int:
     if path.suffix != ".gz":
         return path.stat().st_size
-    with gzip.open(path, "rb") as f:
+    with open_binary(path) as f:
         return sum(len(chunk) for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 def in_val_by_hash(text: str, val_fraction: float) -> bool:
-    """Deterministic per-document split: the same text lands in the same split on every machine."""
+    """Deterministic per-document split: the same text lands in the same split on every machine,
+    in training (`TextSource` with split="hash") and in prepare alike."""
     return (zlib.crc32(text.encode("utf-8")) & 0xFFFFFFFF) / 2**32 < val_fraction
+
+
+def fields_by_hash(paths: list[Path], fields: tuple[str, ...], val_fraction: float, part: str,
+                   keys: Keys = DATA) -> Iterator[tuple[str, ...]]:
+    """The texts of `fields` of each record of split `part` from jsonl files; the split goes by the
+    hash of the first field (`in_val_by_hash`)."""
+    for path in paths:
+        if not is_jsonl(path):
+            raise DataError(f"{path}: {keys.field} needs jsonl files (one record per line with the fields "
+                            f"{list(fields)}); list .jsonl files in {keys.files}")
+        for _, texts in read_fields(path, fields, keys):
+            if in_val_by_hash(texts[0], val_fraction) == (part == "val"):
+                yield texts
 
 
 @dataclass
@@ -144,58 +153,25 @@ class TextSource:
             yield from self._file_pieces(path, part, cut)
 
     def _file_pieces(self, path: Path, part: str, cut: int | None) -> Iterator[tuple[str, bool]]:
-        jsonl, offset, pending = is_jsonl(path), 0, None
-        with _open(path) as f:
-            for lineno, raw in enumerate(f, start=1):
-                start, offset = offset, offset + len(raw)
-                in_val = None if cut is None else start >= cut
-                if in_val is not None and in_val != (part == "val"):
+        # tail split: the part's lines are those that begin before (train) or from (val) byte `cut`
+        start, stop = (0, None) if cut is None else (cut, None) if part == "val" else (0, cut)
+        if is_jsonl(path):
+            for _, (text,) in read_fields(path, (self.field,), start=start, stop=stop):
+                if cut is None and in_val_by_hash(text, self.val_fraction) != (part == "val"):
                     continue
-                text = _decode(raw, path, lineno)
-                if jsonl:
-                    text = _json_field(text, self.field, path, lineno)
-                    if text is None:
-                        continue
-                    if in_val is None and in_val_by_hash(text, self.val_fraction) != (part == "val"):
-                        continue
-                    yield text, True
-                else:
-                    # Hold one line back so the last one of the file can carry ends_document=True.
-                    if pending is not None:
-                        yield pending, False
-                    pending = text
+                yield text, True
+            return
+        pending = None
+        for _, text in read_lines(path, start=start, stop=stop):
+            # Hold one line back so the last one of the file can carry ends_document=True.
+            if pending is not None:
+                yield pending, False
+            pending = text
         if pending is not None:
             yield pending, True
 
     def texts(self, part: str) -> Iterator[str]:
         return (text for text, _ in self.pieces(part))
-
-
-def _decode(raw: bytes, path: Path, lineno: int) -> str:
-    if b"\x00" in raw:
-        raise DataError(f"{path}:{lineno}: binary data (NUL byte); remove this file from data.files")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-            f"convert it with `iconv -t utf-8` or remove it from data.files"
-        ) from None
-
-
-def _json_field(line: str, field: str, path: Path, lineno: int) -> str | None:
-    if not line.strip():
-        return None
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}); fix the line or remove the file") from None
-    if not isinstance(record, dict) or field not in record:
-        raise DataError(f"{path}:{lineno}: no field {field!r}; set data.field to the key holding the text")
-    value = record[field]
-    if not isinstance(value, str):
-        raise DataError(f"{path}:{lineno}: field {field!r} is {type(value).__name__}, not text; set data.field")
-    return value
 
 
 def open_corpus(

@@ -15,8 +15,6 @@ batches already consumed) sees exactly the batches an uninterrupted one would ha
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,45 +24,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lmpretrain.config import to_dict
 from lmpretrain.data.corpus import resolve_files
+from lmpretrain.data.readers import read_records
 from lmpretrain.data.streaming import StreamingDataModule
 from lmpretrain.errors import ConfigError, DataError
 from lmpretrain.paths import cache_root, data_root
 
 KINDS = ("classification", "token_classification")
 SPLITS = ("train", "val", "test")
-
-
-def read_records(path: Path) -> Iterator[dict]:
-    """The records of one file in order: jsonl objects, or CoNLL sentences as {"tokens", "tags"}."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            if ".conll" in path.name:
-                tokens: list[str] = []
-                tags: list[str] = []
-                for lineno, line in enumerate(f, start=1):
-                    line = line.rstrip("\n")
-                    if not line.strip():
-                        if tokens:
-                            yield {"tokens": tokens, "tags": tags}
-                        tokens, tags = [], []
-                        continue
-                    parts = line.split("\t")
-                    if len(parts) != 2:
-                        raise DataError(f"{path}:{lineno}: a CoNLL line must be token<TAB>tag, got {line[:60]!r}")
-                    tokens.append(parts[0])
-                    tags.append(parts[1])
-                if tokens:
-                    yield {"tokens": tokens, "tags": tags}
-                return
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{lineno}: not a JSON record ({e.msg}); the file must be jsonl") from None
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
-        raise DataError(f"{path} is not UTF-8 text ({type(e).__name__}); pass a jsonl/jsonl.gz/conll file") from None
 
 
 def shuffled(items: Iterator, buffer: int, rng: random.Random) -> Iterator:

@@ -19,7 +19,6 @@ caps the documents read per split.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import itertools
 import json
@@ -35,8 +34,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from lmpretrain.config import to_dict
-from lmpretrain.data.corpus import SPLITS, TextSource, in_val_by_hash, is_jsonl, open_corpus
-from lmpretrain.data.shard_writer import sentence_ends
+from lmpretrain.data.corpus import SPLITS, TextSource, fields_by_hash, open_corpus
+from lmpretrain.data.readers import Keys
+from lmpretrain.data.sentences import sentence_ends
 from lmpretrain.data.streaming import StreamingDataModule
 from lmpretrain.errors import ConfigError, DataError
 from lmpretrain.paths import cache_root, data_root
@@ -155,22 +155,6 @@ class PairExamples(IterableDataset):
                 yield self.example(epoch, i)
 
 
-def read_records(paths: list[Path], field: str, field_b: str, val_fraction: float, part: str):
-    """(text, text_b) of one split from jsonl files; the split goes by the hash of `field`."""
-    for path in paths:
-        if not is_jsonl(path):
-            raise DataError(f"{path}: data.field_b needs jsonl files (one record per line with both fields)")
-        with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if field not in record or field_b not in record:
-                    raise DataError(f"{path}:{lineno}: needs fields {field!r} and {field_b!r}; set data.field(_b)")
-                if in_val_by_hash(record[field], val_fraction) == (part == "val"):
-                    yield record[field], record[field_b]
-
-
 class SentencePairDataModule(StreamingDataModule):
     collate_fn = staticmethod(trim_padding)
 
@@ -253,7 +237,8 @@ class SentencePairDataModule(StreamingDataModule):
     def _texts(self, source: TextSource, paths: list[Path], part: str) -> Iterator[tuple[str, str | None]]:
         """(text, text_b or None) of split `part`, lazily, at most `max_documents` of them."""
         if self.field_b:
-            records = read_records(paths, self.field, self.field_b, self.val_fraction, part)
+            records = fields_by_hash(paths, (self.field, self.field_b), self.val_fraction, part,
+                                     Keys(field="data.field(_b)"))
         else:
             records = ((text, None) for text in source.texts(part))
         return itertools.islice(records, self.max_documents)

@@ -1,10 +1,10 @@
-"""Tokenized shards: the on-disk format `lmpretrain.prepare` writes and training memory-maps.
+"""Tokenized shards: the on-disk format that prepare writes and training memory-maps.
 
 An output directory holds::
 
     manifest.json                      written last: if it exists, the directory is complete
     tokenizer.json                     the tokenizer that produced every id below
-    report.json, plots/*.png           the quality report (see lmpretrain.cleaning.report)
+    report.json, plots/*.png           the quality report (see cleaning/report.py)
     <source>-<split>-<NNNNN>.bin       token ids, flat, little-endian, no header
     <source>-<split>-<NNNNN>.idx.npy   int64 (n_documents,): end offset of each document
     <source>-<split>-<NNNNN>.sent.npy  int64 (n_sentences,): end offset of each sentence
@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmpretrain.atomic import atomic_write
 from lmpretrain.errors import DataError
 
 FORMAT, VERSION = "lmpretrain.shards", 1
@@ -135,21 +136,7 @@ def open_index(directory: str | os.PathLike, info: ShardInfo, sentences: bool = 
     return np.load(Path(directory) / name, mmap_mode="r")
 
 
-# --- writing (used by lmpretrain.prepare) ---
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) then rename tmp over `path`: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
+# --- writing (used by prepare) ---
 
 
 def _save_npy(array: np.ndarray) -> Callable[[Path], None]:

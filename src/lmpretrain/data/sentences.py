@@ -1,15 +1,18 @@
-"""Rule-based sentence splitting (for sentence-level objectives such as NSP/SOP).
+"""Rule-based sentence splitting (for sentence-level objectives such as NSP/SOP), used at training
+time (`data.sentence_pairs`) and by prepare (the shards' sentence index).
 
 A sentence ends at `.`, `!`, `?` or `…` (plus closing quotes/brackets) followed by whitespace and
 a capital letter, digit or opening quote, or at a blank line. Known abbreviations ("Dr.", "e.g.")
 and single-letter initials ("J. R. R.") do not end a sentence. Spans index into the text, so the
-tokenizer's character offsets can turn them into token boundaries without re-tokenizing.
+tokenizer's character offsets can turn them into token boundaries without re-tokenizing
+(`sentence_ends`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+import numpy as np
 
 ABBREVIATIONS = frozenset(
     ["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "cf", "al", "fig", "no", "vol", "approx", "dept", "est", "inc", "ltd", "co", "corp", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec"]
@@ -20,12 +23,6 @@ ABBREVIATIONS = frozenset(
 _BOUNDARY = re.compile(r"""[.!?…]+["'”’)\]]*(\s+)(?=["'“‘(\[]?[A-Z0-9À-ÖØ-Þ])""")
 _BLANK_LINE = re.compile(r"\n\s*\n")
 _LAST_WORD = re.compile(r"(\S+)$")
-
-
-@dataclass
-class SentenceConfig:
-    enabled: bool = False
-    min_chars: int = 1  # shorter fragments are merged into the previous sentence
 
 
 def _is_abbreviation(before: str) -> bool:
@@ -62,3 +59,12 @@ def sentence_spans(text: str, min_chars: int = 1) -> list[tuple[int, int]]:
 
 def split_sentences(text: str, min_chars: int = 1) -> list[str]:
     return [text[a:b] for a, b in sentence_spans(text, min_chars)]
+
+
+def sentence_ends(encoding, text: str, n_tokens: int) -> np.ndarray:
+    """Token offsets where the text's sentences end, via the tokens' character offsets (`encoding`
+    is a `tokenizers.Encoding` of `text`): a token belongs to the sentence in which it starts. The
+    last end is `n_tokens` (EOS included)."""
+    starts = np.array([a for a, _ in encoding.offsets], dtype=np.int64)
+    ends = np.searchsorted(starts, [b for _, b in sentence_spans(text)[:-1]], side="left")
+    return np.unique(np.r_[ends[ends > 0], n_tokens]).astype(np.int64)

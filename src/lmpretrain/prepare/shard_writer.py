@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from lmpretrain.cleaning.corpus import CleanedSource
-from lmpretrain.cleaning.sentences import sentence_spans
-from lmpretrain.data.shard_format import SPLITS, ShardInfo, atomic_write_json, shard_is_complete, write_shard
+from lmpretrain.atomic import atomic_write_json
+from lmpretrain.data.sentences import sentence_ends
+from lmpretrain.data.shard_format import SPLITS, ShardInfo, shard_is_complete, write_shard
+from lmpretrain.prepare.cleaned import CleanedSource
 
 ENCODE_BATCH = 1000  # documents per encode_batch call: bounds the memory held by Encoding objects
 
@@ -42,14 +43,6 @@ def plan_shards(src: CleanedSource, size_chars: int, with_sentences: bool) -> li
         for number, group in enumerate(np.split(rows, first[1:])):
             tasks.append(ShardTask(ShardInfo(src.name, split, number, has_sentences=with_sentences), group))
     return tasks
-
-
-def sentence_ends(encoding, text: str, n_tokens: int) -> np.ndarray:
-    """Token offsets where the text's sentences end, via the tokens' character offsets: a token
-    belongs to the sentence in which it starts. The last end is `n_tokens` (EOS included)."""
-    starts = np.array([a for a, _ in encoding.offsets], dtype=np.int64)
-    ends = np.searchsorted(starts, [b for _, b in sentence_spans(text)[:-1]], side="left")
-    return np.unique(np.r_[ends[ends > 0], n_tokens]).astype(np.int64)
 
 
 def encode(tok: Tokenizer, texts: list[str], eos_id: int, with_sentences: bool):

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lmpretrain.atomic import atomic_write
 from lmpretrain.cleaning.clean import CleaningPool
 from lmpretrain.cleaning.dedup import DedupConfig, exact_duplicates, near_duplicates
 from lmpretrain.cleaning.report import SourceStats
-from lmpretrain.cleaning.sources import RawDoc, SourceConfig, iter_documents
-from lmpretrain.data.shard_format import atomic_write
+from lmpretrain.data.corpus import in_val_by_hash
 from lmpretrain.errors import DataError
+from lmpretrain.prepare.sources import RawDoc, SourceConfig, iter_documents
 
 
 @dataclass
@@ -126,7 +127,8 @@ def deduplicate(sources: list[CleanedSource], cfg: DedupConfig) -> None:
 
 
 def assign_split(sources: list[CleanedSource], val_fraction: float) -> None:
-    """Validation = documents whose hash falls in the lowest `val_fraction` of the hash range, so a
-    document lands in the same split whatever else is in the corpus."""
+    """Validation = the documents `in_val_by_hash` puts there (training's hash split: crc32 of the
+    cleaned text), so a document lands in the same split whatever else is in the corpus."""
     for src in sources:
-        src.is_val = (src.hashes >> np.uint64(11)).astype(np.float64) / 2.0**53 < val_fraction
+        src.is_val = np.fromiter((in_val_by_hash(text, val_fraction) for _, text in src.texts()), dtype=bool,
+                                 count=len(src.hashes))

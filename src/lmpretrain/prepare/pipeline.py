@@ -1,4 +1,5 @@
-"""Raw text -> clean, deduplicated, tokenized shards: `python -m lmpretrain.prepare`.
+"""The prepare pipeline: raw text -> clean, deduplicated, tokenized shards (`prepare(cfg)`; the
+command line `python -m lmpretrain.prepare` is `__main__.py`).
 
     read (streamed) -> normalize -> langid -> quality filters      per source, in worker processes
     -> exact + near dedup across all sources -> train/val split by document hash
@@ -29,38 +30,38 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
+from lmpretrain.atomic import atomic_write, atomic_write_json
 from lmpretrain.cleaning.clean import CleaningConfig, CleaningPool
-from lmpretrain.cleaning.corpus import CleanedSource, assign_split, clean_source, deduplicate
 from lmpretrain.cleaning.dedup import DedupConfig
 from lmpretrain.cleaning.filters import QualityConfig
 from lmpretrain.cleaning.langid import LangIdConfig
 from lmpretrain.cleaning.normalize import NormalizeConfig
 from lmpretrain.cleaning.report import NgramSample, ReportConfig, fallback_mask, source_report, write_plots
-from lmpretrain.cleaning.sentences import SentenceConfig
-from lmpretrain.cleaning.sources import SourceConfig, input_stats
 from lmpretrain.data.corpus import sha256_file
-from lmpretrain.data.shard_writer import ShardWriter, plan_shards
-from lmpretrain.data.shard_format import (
-    FORMAT,
-    SPLITS,
-    VERSION,
-    ShardInfo,
-    atomic_write,
-    atomic_write_json,
-    token_dtype,
-)
-from lmpretrain.errors import ConfigError, exit_on_user_error
+from lmpretrain.data.shard_format import FORMAT, SPLITS, VERSION, ShardInfo, token_dtype
+from lmpretrain.errors import ConfigError
 from lmpretrain.paths import register_resolvers
+from lmpretrain.prepare.cleaned import CleanedSource, assign_split, clean_source, deduplicate
+from lmpretrain.prepare.shard_writer import ShardWriter, plan_shards
+from lmpretrain.prepare.sources import SourceConfig, input_stats
 from lmpretrain.tokenizers.build import TokenizerConfig, train_tokenizer
 
 register_resolvers()  # ${repo_root:} and ${data_root:} in conf/prepare*.yaml
 
 SOURCE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")
+# The train/val rule (`data.corpus.in_val_by_hash`), part of the fingerprint: outputs split by
+# another rule (blake2b of the canonical text, before it was shared with training) are rebuilt.
+SPLIT_RULE = "crc32"
+
+
+@dataclass
+class SentenceConfig:
+    enabled: bool = False  # write a sentence index (.sent.npy) next to each shard
+    min_chars: int = 1  # shorter fragments are merged into the previous sentence
 
 
 @dataclass
@@ -131,7 +132,8 @@ def fingerprint(pc: PrepareConfig) -> str:
     if pc.tokenizer.path:
         path = Path(pc.tokenizer.path).expanduser()
         inputs["tokenizer.path"] = [(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)]
-    blob = json.dumps({"settings": settings, "inputs": inputs}, sort_keys=True, default=str)
+    blob = json.dumps({"settings": settings, "inputs": inputs, "split_rule": SPLIT_RULE}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -307,14 +309,3 @@ class _NoProgress:
 
     def advance(self, *args, **kwargs) -> None:
         pass
-
-
-@hydra.main(config_path="../../conf", config_name="prepare", version_base="1.3")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    summary = prepare(cfg)
-    print(json.dumps(summary, indent=2))
-
-
-if __name__ == "__main__":
-    main()
