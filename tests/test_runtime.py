@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmpretrain.module import RuntimeOptions
 from lmpretrain.objectives import CausalLMModule
-from lmpretrain.module import RuntimeOptions, linear_cross_entropy
+from lmpretrain.objectives.causal_lm import causal_lm_loss, linear_cross_entropy
 
 # gpt_tiny with vocab 67 (the tiny-shakespeare char tokenizer).
 TINY = dict(arch="gpt", vocab_size=67, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
@@ -14,7 +15,7 @@ TINY = dict(arch="gpt", vocab_size=67, block_size=64, n_layer=4, n_head=4, n_emb
 def module(**runtime):
     torch.manual_seed(0)
     m = CausalLMModule(TINY)
-    m.runtime = RuntimeOptions(**runtime)
+    m.connect(runtime=RuntimeOptions(**runtime))
     m.configure_model()
     return m
 
@@ -28,7 +29,7 @@ def batch():
 
 
 def loss_and_grads(m):
-    loss = m.loss(batch())
+    loss = causal_lm_loss(m.network, batch(), m.runtime)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}
 
@@ -62,7 +63,7 @@ def test_activation_checkpointing_recomputes_each_block_in_backward():
     for kind, m in [("plain", module()), ("checkpointed", module(activation_checkpointing=True))]:
         for block in m.network.blocks:
             block.mlp.fc.register_forward_hook(lambda *_, k=kind: calls.__setitem__(k, calls[k] + 1))
-        m.loss(batch()).backward()
+        causal_lm_loss(m.network, batch(), m.runtime).backward()
     assert calls == {"plain": 4, "checkpointed": 8}  # 4 blocks, forward once more each in backward
     assert list(module(activation_checkpointing=True).state_dict()) == list(module().state_dict())  # same keys
 

@@ -40,7 +40,7 @@ def test_slurm_launcher_asks_for_one_task_per_device_on_every_node(tmp_path):
 
 
 def test_single_run_is_named_and_grouped_by_task(tmp_path):
-    cfg = make_cfg(tmp_path, ["logger=wandb", "task_name=pretrain"])
+    cfg = make_cfg(tmp_path, ["logger=wandb", "name=pretrain"])
     assert (cfg.logger.wandb.name, cfg.logger.wandb.group) == ("pretrain", "pretrain")
 
 

@@ -1,6 +1,6 @@
 """Names for the runs of a sweep, as `${run_name:}` / `${run_group:}` resolvers for the loggers.
 
-A single run is named and grouped by `task_name`. In a multirun (`-m` grid or `hparams_search`),
+A single run is named and grouped by `name`. In a multirun (`-m` grid or `hparams_search`),
 every run is its own wandb run named from its overrides (`train:optimizer.lr=0.003,model=gpt_small`)
 and all runs of one sweep share a group named after the sweep (`train/2026-01-31_12-00-00`), so
 wandb shows them side by side.
@@ -23,20 +23,20 @@ def _multirun():
     return hc if hc is not None and hc.mode == RunMode.MULTIRUN else None
 
 
-def run_name(task_name: str) -> str:
+def run_name(name: str) -> str:
     hc = _multirun()
     if hc is None:
-        return task_name
+        return name
     overrides = [o for o in hc.overrides.task if not o.lstrip("+~").startswith(NOT_IN_NAME)]
-    return f"{task_name}:{','.join(overrides)}" if overrides else f"{task_name}:{hc.job.num}"
+    return f"{name}:{','.join(overrides)}" if overrides else f"{name}:{hc.job.num}"
 
 
-def run_group(task_name: str) -> str:
+def run_group(name: str) -> str:
     hc = _multirun()
     if hc is None:
-        return task_name
+        return name
     sweep_dir = Path(hc.sweep.dir)
-    return f"{task_name}/{sweep_dir.parent.name}_{sweep_dir.name}"
+    return f"{name}/{sweep_dir.parent.name}_{sweep_dir.name}"
 
 
 def register_resolvers() -> None:

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from lmpretrain.distributed import consolidate_checkpoint
+from lmpretrain.distributed.consolidate import consolidate_checkpoint
 from lmpretrain.objectives import CausalLMModule
+from lmpretrain.objectives.causal_lm import causal_lm_loss
 from lmpretrain.train import build
 
 WORKER = Path(__file__).with_name("fit_worker.py")
@@ -97,9 +98,18 @@ def test_sharded_run_matches_one_process_and_its_checkpoint_resumes_and_consolid
     with torch.no_grad():
         for batch, _ in zip(datamodule.val_dataloader(), range(2)):
             count = (batch["labels"] != -100).sum()
-            nll += float(module.loss(batch)) * count
+            nll += float(causal_lm_loss(module.network, batch, module.runtime)) * count
             n += count
     assert nll / n == pytest.approx(first["val"][8], rel=1e-5)
+
+
+def test_consolidate_cli_refuses_a_folder_that_is_not_sharded_with_one_line(tmp_path):
+    (tmp_path / "last.ckpt").mkdir()
+    r = subprocess.run([sys.executable, "-m", "lmpretrain.distributed", "consolidate", str(tmp_path / "last.ckpt")],
+                       check=False, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == "", r.stderr[-2000:]
+    assert r.stderr.strip() == f"error: {tmp_path / 'last.ckpt'} is not a sharded checkpoint folder (no meta.pt); " \
+                               f"it may already be one file"
 
 
 @pytest.mark.slow  # ~20 s

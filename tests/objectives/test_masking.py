@@ -89,7 +89,7 @@ def wordpiece() -> Tokenizer:
 
 def test_module_never_masks_the_tokenizers_special_tokens(wordpiece):
     module = MaskedLMModule({"arch": "bert", "vocab_size": wordpiece.get_vocab_size(), "n_layer": 1})
-    module.tokenizer_json = wordpiece.to_str()
+    module.connect(tokenizer_json=wordpiece.to_str())
     text = " ".join(SHAKESPEARE.read_text().split()[:3000])
     body = torch.tensor(wordpiece.encode(text, add_special_tokens=False).ids[:3000])
     rows = body[: 30 * 90].view(30, 90)
@@ -98,7 +98,7 @@ def test_module_never_masks_the_tokenizers_special_tokens(wordpiece):
     attention = (ids != pad).long()
     specials = torch.isin(ids, torch.tensor([wordpiece.token_to_id(t) for t in SPECIALS]))
     for seed in range(20):
-        corrupted, labels = module.tasks["mlm"].corrupt({"input_ids": ids, "attention_mask": attention}, seed)
+        corrupted, labels = module.losses["mlm"].corrupt({"input_ids": ids, "attention_mask": attention}, seed)
         assert not (labels[specials] != -100).any()
         assert torch.equal(corrupted[specials], ids[specials])
 

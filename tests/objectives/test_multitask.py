@@ -49,17 +49,17 @@ class Logged(L.Callback):
 
 def test_tasks_are_sampled_by_weight():
     module = MultitaskModule({"arch": "bert", "vocab_size": V, "n_layer": 1, "n_embd": 32, "n_head": 2},
-                             {"mlm": {"kind": "mlm", "weight": 0.7}, "sop": {"kind": "sop", "weight": 0.3}})
+                             {"mlm": {"type": "mlm", "weight": 0.7}, "sop": {"type": "sop", "weight": 0.3}})
     n = 4000
-    picks = [module.pick_task(derive_seed(0, 0, step, 0)) for step in range(n)]
+    picks = [module.pick_loss(derive_seed(0, 0, step, 0)) for step in range(n)]
     assert abs(picks.count("mlm") / n - 0.7) <= 3 * math.sqrt(0.7 * 0.3 / n)
 
 
 @pytest.mark.parametrize("arch,tasks,batches,expect", [
-    ("bert", {"mlm": {"kind": "mlm", "weight": 0.5}, "sop": {"kind": "sop", "weight": 0.5}}, pair_batches,
+    ("bert", {"mlm": {"type": "mlm", "weight": 0.5}, "sop": {"type": "sop", "weight": 0.5}}, pair_batches,
      ["train/mlm/loss", "train/sop/loss", "val/mlm/mlm_acc", "val/sop/sop_acc", "val/mlm/loss"]),
-    ("gpt", {"clm": {"kind": "causal_lm", "weight": 0.5},
-             "simcse": {"kind": "contrastive", "weight": 0.5, "pooling": "mean"}}, block_batches,
+    ("gpt", {"clm": {"type": "causal_lm", "weight": 0.5},
+             "simcse": {"type": "contrastive", "weight": 0.5, "pooling": "mean"}}, block_batches,
      ["train/clm/loss", "train/simcse/loss", "val/clm/ppl", "val/simcse/alignment", "val/simcse/uniformity"]),
 ])
 def test_mixture_trains_shared_weights_and_logs_each_task(tmp_path, arch, tasks, batches, expect):
@@ -67,7 +67,7 @@ def test_mixture_trains_shared_weights_and_logs_each_task(tmp_path, arch, tasks,
     model = {"arch": arch, "vocab_size": V, "n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 32,
              "dropout": 0.1}
     module = MultitaskModule(model, tasks, optimizer={"name": "adamw", "lr": 3e-3})
-    module.tokenizer_json = TOK.to_str()
+    module.connect(tokenizer_json=TOK.to_str())
     before = {k: v.clone() for k, v in module.network.state_dict().items()}
     logged = Logged()
     trainer = L.Trainer(max_steps=12, val_check_interval=12, limit_val_batches=2, logger=False, callbacks=[logged],

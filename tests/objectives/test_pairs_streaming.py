@@ -17,7 +17,7 @@ def first_batches(dm, n=3):
 
 def test_documents_are_memory_mapped_and_batches_deterministic(tmp_path, monkeypatch):
     monkeypatch.setattr(pairs_module, "ENCODE_BATCH", 16)  # several appends per split file
-    common = {"files": [str(corpus(tmp_path))], "task": "nsp", "tokenizer": WORDPIECE, "block_size": 48,
+    common = {"files": [str(corpus(tmp_path))], "examples": "nsp", "tokenizer": WORDPIECE, "block_size": 48,
               "batch_size": 4, "cache_dir": str(tmp_path)}
     dm = SentencePairDataModule(**common)
     dm.setup("fit")
@@ -49,13 +49,13 @@ def test_documents_are_memory_mapped_and_batches_deterministic(tmp_path, monkeyp
 def test_text_pairs_view_and_document_cap(tmp_path):
     common = {"files": [str(corpus(tmp_path))], "tokenizer": WORDPIECE, "block_size": 48, "batch_size": 4,
               "cache_dir": str(tmp_path)}
-    dm = SentencePairDataModule(task="texts", field="title", field_b="text", **common)
+    dm = SentencePairDataModule(examples="texts", field="title", field_b="text", **common)
     dm.setup("fit")
     a, b = dm.docs["train"], dm.docs_b["train"]
     assert isinstance(b.tokens, np.memmap) and len(a) == len(b)
     assert all(len(a[i]) == 1 and len(b[i]) == 1 for i in range(len(a)))  # one "sentence" a text
     assert dm.tokenizer.decode(a[0][0].tolist()).startswith("doc number")
 
-    capped = SentencePairDataModule(task="sop", max_documents=40, **common)
+    capped = SentencePairDataModule(examples="sop", max_documents=40, **common)
     capped.setup("fit")
     assert 2 <= len(capped.docs["train"]) <= capped.docs["train"].n_documents <= 40

@@ -61,7 +61,7 @@ def test_bert_mlm_tiny_beats_the_unigram_baseline(tmp_path):
 
     # the checkpoint alone rebuilds the module, tokenizer tables included
     reloaded = MaskedLMModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
-    assert reloaded.tasks["mlm"].mask_id == datamodule.tokenizer.token_to_id("[MASK]")
+    assert reloaded.losses["mlm"].mask_id == datamodule.tokenizer.token_to_id("[MASK]")
     for name, value in module.network.state_dict().items():
         torch.testing.assert_close(reloaded.network.state_dict()[name], value.cpu())
 

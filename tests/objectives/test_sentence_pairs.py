@@ -103,7 +103,7 @@ def corpus(tmp_path):
 def test_datamodule_batches_for_sop_and_text_pairs(tmp_path):
     path = corpus(tmp_path)
     common = {"files": [str(path)], "tokenizer": WORDPIECE, "block_size": 48, "batch_size": 8, "cache_dir": str(tmp_path)}
-    dm = SentencePairDataModule(task="sop", **common)
+    dm = SentencePairDataModule(examples="sop", **common)
     dm.prepare_data()
     batch = next(iter(dm.train_dataloader()))
     sep, cls = dm.tokenizer.token_to_id("[SEP]"), dm.tokenizer.token_to_id("[CLS]")
@@ -116,19 +116,19 @@ def test_datamodule_batches_for_sop_and_text_pairs(tmp_path):
     assert batch["input_ids"].shape[1] == int(batch["attention_mask"].sum(1).max())  # padding trimmed
 
     # its own cache: the tokenizer cache key does not include data.field
-    pairs = SentencePairDataModule(task="texts", field="title", field_b="text", **{**common, "cache_dir": str(tmp_path / "b")})
+    pairs = SentencePairDataModule(examples="texts", field="title", field_b="text", **{**common, "cache_dir": str(tmp_path / "b")})
     pairs.prepare_data()
     batch = next(iter(pairs.val_dataloader()))
     assert {"input_ids", "attention_mask", "input_ids_b", "attention_mask_b"} <= set(batch)
     assert pairs.tokenizer.decode(batch["input_ids"][0].tolist()).startswith("doc number")
 
     with pytest.raises(ConfigError, match="data.field_b"):
-        SentencePairDataModule(task="sop", field_b="title", **common)
+        SentencePairDataModule(examples="sop", field_b="title", **common)
 
 
 def test_train_stream_resumes_exactly(tmp_path):
     """Batches after a resume at batch k are the batches k, k+1, ... of a straight run."""
-    common = {"files": [str(corpus(tmp_path))], "task": "nsp", "tokenizer": WORDPIECE, "block_size": 48, "batch_size": 4,
+    common = {"files": [str(corpus(tmp_path))], "examples": "nsp", "tokenizer": WORDPIECE, "block_size": 48, "batch_size": 4,
                   "cache_dir": str(tmp_path)}
     straight = SentencePairDataModule(**common)
     straight.prepare_data()

@@ -6,7 +6,7 @@ import torch
 
 from lmpretrain.objectives.span_corruption import (
     SpanConfig,
-    SpanCorruptionTask,
+    SpanCorruptionLoss,
     corrupt_spans,
     fill_spans,
     span_noise_mask,
@@ -58,7 +58,7 @@ def test_worked_example():
 
 
 def test_task_batches_are_teacher_forced_and_fixed_length():
-    task = SpanCorruptionTask(SENTINEL0, SpanConfig())
+    task = SpanCorruptionLoss(SENTINEL0, SpanConfig())
     task.eos_id, task.start_id = EOS, 0
     ids = torch.randint(5, SENTINEL0, (4, 128))
     out = task.corrupt(ids, seed=0)

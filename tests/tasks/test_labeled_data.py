@@ -63,7 +63,7 @@ def test_classification_pairs_truncate_the_longer_segment(tmp_path):
                     '{"a": "nine", "b": "ten", "y": "no"}\n')
     dm = LabeledDataModule("classification", {"train": str(path), "val": str(path)}, text_field="a",
                            text_b_field="b", label_field="y", block_size=7)
-    dm.set_tokenizer(word_tokenizer("one two three four five six seven eight nine ten".split()))
+    dm.connect(tokenizer=word_tokenizer("one two three four five six seven eight nine ten".split()))
     dm.prepare_data()
     assert dm.labels == ["no", "yes"]  # sorted from the training split
     ex = dm.encode({"a": "one two three four five six seven", "b": "eight", "y": "yes"})
@@ -112,7 +112,7 @@ def test_training_stream_resumes_exactly_and_reshuffles_per_epoch():
 def test_bad_setups_say_what_to_fix(tmp_path):
     with pytest.raises(ConfigError, match="data.files needs train and val"):
         LabeledDataModule("classification", {"train": "spam.train.jsonl.gz"})
-    with pytest.raises(ConfigError, match="data.kind='qa' must be one of"):
+    with pytest.raises(ConfigError, match="data.family=.qa. must be one of"):
         LabeledDataModule("qa", SPAM)
     bad = tmp_path / "bad.conll"
     bad.write_text("word B-x extra\n")

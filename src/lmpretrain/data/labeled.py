@@ -1,7 +1,7 @@
 """`LabeledDataModule`: the downstream data sets (one file per split), streamed and encoded on the fly.
 
 Records are read line by line (jsonl / jsonl.gz, or CoNLL `token<TAB>tag` with a blank line after
-each sentence) and tokenized as they are drawn, so a data set is never held in memory. Two kinds:
+each sentence) and tokenized as they are drawn, so a data set is never held in memory. Two task families:
 
     classification       text (+ text_b) -> [CLS] a [SEP] (b [SEP]); one label per example
     token_classification words -> sub-word ids; each word's label on its first sub-word, -100 on
@@ -15,21 +15,21 @@ batches already consumed) sees exactly the batches an uninterrupted one would ha
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lmpretrain.config import to_dict
 from lmpretrain.data.corpus import resolve_files
 from lmpretrain.data.readers import read_records
-from lmpretrain.data.streaming import StreamingDataModule
+from lmpretrain.data.streaming import ShardedStream, StreamingDataModule, take_rank
 from lmpretrain.errors import ConfigError, DataError
 from lmpretrain.paths import cache_root, data_root
 
-KINDS = ("classification", "token_classification")
+FAMILIES = ("classification", "token_classification")
 SPLITS = ("train", "val", "test")
 
 
@@ -47,49 +47,41 @@ def shuffled(items: Iterator, buffer: int, rng: random.Random) -> Iterator:
     yield from pool
 
 
-class LabeledExamples(IterableDataset):
-    """The encoded examples of one split for one rank, in batch order (see the module docstring)."""
+class LabeledExamples(ShardedStream):
+    """The encoded examples of one split for one rank: records in file order (validation, test) or
+    through a seeded buffer shuffle per epoch, epochs chained (training); owned by rank and worker
+    as in `data/streaming.py`."""
 
-    def __init__(self, path: Path, encode, batch_size: int, train: bool, seed: int, buffer: int,
-                 start_batch: int = 0, rank: int = 0, world_size: int = 1, augment=None):
-        super().__init__()
-        self.path, self.encode, self.batch_size, self.train = path, encode, batch_size, train
+    def __init__(self, path: Path, encode, train: bool, seed: int, buffer: int, augment=None, **stream):
+        super().__init__(**stream)
+        self.path, self.encode, self.train = path, encode, train
         # augment(record, key) -> record, training only; key names this draw of the example, so the
         # same position of the stream gets the same augmented text in a resumed run.
         self.augment = augment if train else None
-        self.seed, self.buffer, self.start_batch = seed, buffer, start_batch
-        self.rank, self.world_size = rank, world_size
+        self.seed, self.buffer = seed, buffer
 
     def _records(self, epoch: int) -> Iterator[dict]:
-        mine = (r for i, r in enumerate(read_records(self.path)) if i % self.world_size == self.rank)
+        mine = take_rank(read_records(self.path), self.rank, self.world_size)
         if not self.train:
             return mine
         return shuffled(mine, self.buffer, random.Random(f"{self.seed}:{epoch}:{self.rank}"))
 
-    def _stream(self) -> Iterator[dict]:
+    def rank_stream(self) -> Iterator[dict]:
         if not self.train:
             yield from self._records(0)
             return
-        epoch = 0
-        while True:
+        for epoch in itertools.count():
             n = 0
             for record in self._records(epoch):
                 n += 1
                 yield record
             if n == 0:
                 raise DataError(f"{self.path} has no records for rank {self.rank} of {self.world_size}")
-            epoch += 1
 
-    def __iter__(self):
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        start = self.start_batch if self.train else 0
-        for position, record in enumerate(self._stream()):
-            batch = position // self.batch_size
-            if batch >= start and (batch - start) % workers == worker:
-                if self.augment is not None:
-                    record = self.augment(record, f"{self.seed}:{self.rank}:{position}")
-                yield self.encode(record)
+    def example(self, position: int, record: dict) -> dict:
+        if self.augment is not None:
+            record = self.augment(record, f"{self.seed}:{self.rank}:{position}")
+        return self.encode(record)
 
 
 def pad_collate(pad_id: int):
@@ -111,9 +103,11 @@ def pad_collate(pad_id: int):
 
 
 class LabeledDataModule(StreamingDataModule):
+    takes_tokenizer = True
+
     """Downstream data: `files` maps train/val(/test) to one file each (relative to the data root).
 
-    kind: classification | token_classification.
+    family: classification | token_classification.
     text_field, text_b_field, label_field: jsonl fields (classification); CoNLL files give
         `tokens` / `tags`.
     labels: the label names in index order; null = every label of the training split, sorted
@@ -121,13 +115,13 @@ class LabeledDataModule(StreamingDataModule):
     block_size: tokens per example, longer ones cut; null = the model's block_size.
     augment: EDA options (`data.augment.AugmentConfig`: deletion, swap, insertion, synonyms) applied
         to the training texts as they are drawn, a different variant each epoch; null = off.
-    The tokenizer comes from the pretrained checkpoint (`set_tokenizer`), or is trained on the
+    The tokenizer comes from the pretrained checkpoint (`connect(tokenizer=...)`), or is trained on the
     training split (`tokenizer` config) when fine-tuning from scratch.
     """
 
     def __init__(
         self,
-        kind: str,
+        family: str,
         files: dict[str, str],
         text_field: str = "text",
         text_b_field: str | None = None,
@@ -144,11 +138,11 @@ class LabeledDataModule(StreamingDataModule):
         augment: dict | None = None,
     ):
         super().__init__(block_size, batch_size, num_workers, seed)
-        if kind not in KINDS:
-            raise ConfigError(f"data.kind={kind!r} must be one of {KINDS}")
-        if augment and kind != "classification":
+        if family not in FAMILIES:
+            raise ConfigError(f"data.family={family!r} must be one of {FAMILIES}")
+        if augment and family != "classification":
             raise ConfigError("data.augment rewrites words, which would break per-word labels; use it with "
-                              "data.kind=classification only")
+                              "data.family=classification only")
         missing = [s for s in ("train", "val") if s not in (files or {})]
         unknown = sorted(set(files or {}) - set(SPLITS))
         if missing or unknown:
@@ -156,7 +150,7 @@ class LabeledDataModule(StreamingDataModule):
                               f"unknown {unknown}")
         if batch_size < 1 or (block_size is not None and block_size < 4) or shuffle_buffer < 1:
             raise ConfigError("data.batch_size, data.shuffle_buffer must be >= 1 and data.block_size >= 4")
-        self.kind, self.files = kind, dict(to_dict(files))
+        self.family, self.files = family, dict(to_dict(files))
         self.text_field, self.text_b_field, self.label_field = text_field, text_b_field, label_field
         self.labels = [str(x) for x in labels] if labels else None
         self.shuffle_buffer = shuffle_buffer
@@ -171,6 +165,12 @@ class LabeledDataModule(StreamingDataModule):
 
             self.augmenter = TextAugmenter(AugmentConfig(**to_dict(augment)))
 
+    def has_split(self, part: str) -> bool:
+        return part in self.files
+
+    def module_arguments(self) -> dict:
+        return {"labels": self.labels}
+
     def augment(self, record: dict, key: str) -> dict:
         """The record with its text field(s) rewritten by the augmenter, seeded by `key`."""
         out = dict(record)
@@ -179,12 +179,9 @@ class LabeledDataModule(StreamingDataModule):
         return out
 
     # -- setup -----------------------------------------------------------------------------------
-    def set_tokenizer(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-
     def texts(self, part: str = "train") -> Iterator[str]:
         for record in read_records(self.paths[part]):
-            if self.kind == "token_classification":
+            if self.family == "token_classification":
                 yield " ".join(record["tokens"])
             else:
                 yield record[self.text_field]
@@ -204,23 +201,20 @@ class LabeledDataModule(StreamingDataModule):
             if self.tokenizer_cfg is None:
                 raise ConfigError("no tokenizer: pass pretrained=<checkpoint> or a tokenizer config")
             cfg = TokenizerConfig(**self.tokenizer_cfg)
-            fingerprint = corpus_fingerprint([self.paths["train"]], self.kind, self.text_field, self.text_b_field)
+            fingerprint = corpus_fingerprint([self.paths["train"]], self.family, self.text_field, self.text_b_field)
             self.tokenizer, _ = load_or_train_tokenizer(cfg, lambda: self.texts("train"), fingerprint,
                                                         self.cache_dir / "tokenizers")
         if self.labels is None:
-            key = "tags" if self.kind == "token_classification" else self.label_field
+            key = "tags" if self.family == "token_classification" else self.label_field
             found: set[str] = set()
             for lineno, record in enumerate(read_records(self.paths["train"]), start=1):
                 if key not in record:
                     raise DataError(f"{self.paths['train']}: record {lineno} has no field {key!r}; set data.label_field")
-                found.update(record[key] if self.kind == "token_classification" else [str(record[key])])
+                found.update(record[key] if self.family == "token_classification" else [str(record[key])])
             if not found:
                 raise DataError(f"{self.paths['train']} has no labelled records")
             self.labels = sorted(found)
         self._special()
-
-    def setup(self, stage: str | None = None) -> None:
-        self.prepare_data()
 
     def _special(self) -> None:
         tok = self.tokenizer
@@ -229,10 +223,6 @@ class LabeledDataModule(StreamingDataModule):
         self.pad_id = pad
         self.collate_fn = pad_collate(pad)
         self.label_index = {name: i for i, name in enumerate(self.labels)}
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size()
 
     @property
     def num_labels(self) -> int:
@@ -267,7 +257,7 @@ class LabeledDataModule(StreamingDataModule):
         return out, segments
 
     def encode(self, record: dict) -> dict:
-        if self.kind == "token_classification":
+        if self.family == "token_classification":
             return self._encode_tokens(record)
         for f in (self.text_field, self.label_field, self.text_b_field):
             if f and f not in record:
@@ -297,13 +287,5 @@ class LabeledDataModule(StreamingDataModule):
     def dataset(self, part: str) -> LabeledExamples:
         if self.block_size is None:
             raise ConfigError("data.block_size is null and no model set it; give data.block_size=<tokens>")
-        rank, world = self.rank_and_world()
-        train = part == "train"
-        return LabeledExamples(self.paths[part], self.encode, self.batch_size, train, self.seed, self.shuffle_buffer,
-                               start_batch=self.train_batches_seen if train else 0, rank=rank, world_size=world,
-                               augment=self.augment if self.augmenter is not None else None)
-
-    def test_dataloader(self) -> DataLoader:
-        if "test" not in self.paths:
-            raise ConfigError("data.files has no test entry; add data.files.test=<file> to evaluate on a test split")
-        return self._loader("test")
+        return LabeledExamples(self.paths[part], self.encode, part == "train", self.seed, self.shuffle_buffer,
+                               augment=self.augment if self.augmenter is not None else None, **self.stream_args(part))

@@ -5,31 +5,27 @@ else uint32) with the EOS id after every document. Training reads blocks lazily:
 `block_size + 1` consecutive tokens of one file (inputs and their next-token targets), so blocks
 overlap by one token and every token is a target once per epoch.
 
-Block order and sharding are pure functions of (seed, sample index, rank, worker). That is what
-makes "no block duplicated or dropped across ranks x workers", source mixing by weight, and
-exact mid-epoch resume possible:
+Block order is a pure function of (seed, sample index); ownership by rank and worker follows the
+streaming core (`data/streaming.py`). That is what makes "no block duplicated or dropped across
+ranks x workers", source mixing by weight, and exact mid-epoch resume possible:
 
     source of global sample g : a seeded weighted draw (always 0 with one source)
     block of that sample      : the source's next block; each source walks its own seeded
                                 permutation per epoch, epochs chained
-    rank r of R               : global samples g = r, r + R, r + 2R, ...
-    batch k of rank r         : that rank's samples [k*B, (k+1)*B)
-    worker w of W             : batches start + w, start + w + W, ... (the DataLoader reads
-                                workers round-robin, so the rank sees its batches in order)
+    rank, batch, worker       : `ShardedStream` over the global samples
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import count
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from lmpretrain.data.shard_format import token_dtype
+from lmpretrain.data.streaming import ShardedStream, StreamingDataModule, take_rank
 from lmpretrain.errors import DataError
 
 ENCODE_BATCH = 1024  # lines per tokenizer.encode_batch call (the Rust side parallelizes)
@@ -117,7 +113,7 @@ class BlockSource:
         return f, self.offset(epoch) + first_in_file * self.block_size
 
 
-class PackedBlocks(IterableDataset):
+class PackedBlocks(ShardedStream):
     """Blocks of `block_size + 1` tokens from memory-mapped token files, mixed and sharded.
 
     `sources`: one token file, or a list of sources each given as a list of files. `weights`:
@@ -140,12 +136,12 @@ class PackedBlocks(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
     ):
+        super().__init__(batch_size, start_batch, rank, world_size)
         if isinstance(sources, (str, os.PathLike)):
             sources = [[str(sources)]]
-        self.dtype, self.block_size, self.batch_size = np.dtype(dtype), block_size, batch_size
+        self.dtype, self.block_size = np.dtype(dtype), block_size
         self.sources = [BlockSource(files, self.dtype, block_size, shuffle, seed + i) for i, files in enumerate(sources)]
         self.shuffle, self.seed, self.epochs = shuffle, seed, epochs
-        self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
         sizes = np.array([s.num_blocks() for s in self.sources], dtype=np.float64)
         if sizes.sum() < world_size or (shuffle and (sizes == 0).any()):
             empty = [s.files for s, n in zip(self.sources, sizes) if n == 0] or [s.files for s in self.sources]
@@ -177,34 +173,47 @@ class PackedBlocks(IterableDataset):
                 yield s, int(taken[s])
                 taken[s] += 1
 
-    def _my_samples(self, worker: int, num_workers: int) -> Iterator[tuple[int, int]]:
-        """The (source, k) draws this rank and worker must produce, in order."""
-        for g, draw in zip(count(), self._draws()):
-            if g % self.world_size != self.rank:
-                continue
-            batch = (g // self.world_size) // self.batch_size
-            if batch >= self.start_batch and (batch - self.start_batch) % num_workers == worker:
-                yield draw
+    def rank_stream(self) -> Iterator[tuple[int, int]]:
+        return take_rank(self._draws(), self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         # pread, not np.memmap: mapped pages count as resident once touched, so after one shuffled
         # epoch a memory map of a 100 GB corpus shows 100 GB of RSS. pread keeps RSS flat (the OS page
-        # cache still caches the file) at the cost of one syscall per block.
-        fds: dict[tuple[int, int], int] = {}
-        nbytes, itemsize = (self.block_size + 1) * self.dtype.itemsize, self.dtype.itemsize
+        # cache still caches the file) at the cost of one syscall per block. The descriptors are
+        # opened per iterator, i.e. in each DataLoader worker.
+        self._fds: dict[tuple[int, int], int] = {}
         try:
-            for s, k in self._my_samples(worker, num_workers):
-                f, start = self.sources[s].locate(k)
-                if (s, f) not in fds:
-                    fds[(s, f)] = os.open(self.sources[s].files[f], os.O_RDONLY)
-                raw = os.pread(fds[(s, f)], nbytes, start * itemsize)
-                chunk = torch.from_numpy(np.frombuffer(raw, dtype=self.dtype).astype(np.int64))
-                yield {"input_ids": chunk[:-1], "labels": chunk[1:]}
+            yield from super().__iter__()
         finally:
-            for fd in fds.values():
+            for fd in self._fds.values():
                 os.close(fd)
 
+    def example(self, position: int, draw: tuple[int, int]) -> dict[str, torch.Tensor]:
+        s, k = draw
+        f, start = self.sources[s].locate(k)
+        if (s, f) not in self._fds:
+            self._fds[(s, f)] = os.open(self.sources[s].files[f], os.O_RDONLY)
+        itemsize = self.dtype.itemsize
+        raw = os.pread(self._fds[(s, f)], (self.block_size + 1) * itemsize, start * itemsize)
+        chunk = torch.from_numpy(np.frombuffer(raw, dtype=self.dtype).astype(np.int64))
+        return {"input_ids": chunk[:-1], "labels": chunk[1:]}
 
-__all__ = ["BlockSource", "PackedBlocks", "token_dtype", "write_token_file"]
+
+class PackedBlocksDataModule(StreamingDataModule):
+    """A DataModule whose examples are packed blocks of token files. Subclasses give
+    `sources(part)` -> list of sources (each a list of token files), `dtype`, and optionally
+    `weights` (per training source)."""
+
+    weights: list[float] | None = None
+    dtype: np.dtype | None = None
+
+    def sources(self, part: str) -> list[list[str]]:
+        raise NotImplementedError
+
+    def dataset(self, part: str) -> PackedBlocks:
+        train = part == "train"
+        return PackedBlocks(self.sources(part), self.dtype.name, self.block_size, weights=self.weights if train else None,
+                            shuffle=train, seed=self.seed, **self.stream_args(part))
+
+
+__all__ = ["BlockSource", "PackedBlocks", "PackedBlocksDataModule", "token_dtype", "write_token_file"]

@@ -16,8 +16,7 @@ from pathlib import Path
 
 from lmpretrain.config import to_dict
 from lmpretrain.data.corpus import SPLITS, open_corpus
-from lmpretrain.data.packed_blocks import token_dtype, write_token_file
-from lmpretrain.data.streaming import StreamingDataModule
+from lmpretrain.data.packed_blocks import PackedBlocksDataModule, token_dtype, write_token_file
 from lmpretrain.errors import ConfigError, DataError
 from lmpretrain.paths import cache_root, data_root
 from lmpretrain.tokenizers.build import TokenizerConfig, tokenizer_fingerprint
@@ -30,7 +29,7 @@ def read_meta(path: Path) -> dict | None:
         return None
 
 
-class PackedTextDataModule(StreamingDataModule):
+class PackedTextDataModule(PackedBlocksDataModule):
     def __init__(
         self,
         files: list[str],
@@ -57,15 +56,7 @@ class PackedTextDataModule(StreamingDataModule):
         self.data_dir = Path(data_dir) if data_dir else data_root()
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.checksums, self.urls = dict(checksums or {}), dict(urls or {})
-        self.tokenizer = None
         self.token_files: dict[str, Path] = {}
-        self.dtype = None
-
-    # -- preparation -------------------------------------------------------------------------
-    @property
-    def vocab_size(self) -> int:
-        self.prepare_data()
-        return self.tokenizer.get_vocab_size()
 
     @property
     def eos_id(self) -> int | None:
@@ -111,9 +102,6 @@ class PackedTextDataModule(StreamingDataModule):
                 raise DataError(f"{what} ({', '.join(map(str, paths))}); add text or raise data.val_fraction")
         self.token_files = {part: folder / f"{part}.bin" for part in SPLITS}
         self.token_counts = meta["tokens"]
-
-    def setup(self, stage: str | None = None) -> None:
-        self.prepare_data()
 
     def sources(self, part: str) -> list[list[str]]:
         return [[str(self.token_files[part])]]

@@ -1,14 +1,14 @@
 """`SentencePairDataModule`: documents -> sentences -> BERT-style examples, streamed per epoch.
 
-    task=nsp   : [CLS] A [SEP] B [SEP]; B is the true continuation of A (pair_label 1) or, half the
+    examples=nsp   : [CLS] A [SEP] B [SEP]; B is the true continuation of A (pair_label 1) or, half the
                  time, sentences of another document (pair_label 0)            (BERT)
-    task=sop   : A and B consecutive segments of one document, swapped half the time
+    examples=sop   : A and B consecutive segments of one document, swapped half the time
                  (pair_label 1 = swapped, 0 = in order)                         (ALBERT)
-    task=texts : [CLS] text [SEP] per document, plus [CLS] text_b [SEP] as `input_ids_b` when
+    examples=texts : [CLS] text [SEP] per document, plus [CLS] text_b [SEP] as `input_ids_b` when
                  `field_b` names a second jsonl field (SimCSE's supervised pairs)
 
 Segment ids (`token_type_ids`) are 0 for [CLS] A [SEP] and 1 for B [SEP]. Sentences come from
-`lmpretrain.cleaning.sentences` mapped onto token offsets, so text is tokenized once per document.
+`lmpretrain.data.sentences` mapped onto token offsets, so text is tokenized once per document.
 Tokenized splits are cached under `cache_dir/pairs/<key>/<split>/` as flat arrays (written while
 the corpus streams through the tokenizer, batch by batch) and read back through `np.memmap`, so
 neither tokenizing nor training holds the corpus in memory; `TokenizedDocs` slices a document's
@@ -31,18 +31,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from lmpretrain.config import to_dict
 from lmpretrain.data.corpus import SPLITS, TextSource, fields_by_hash, open_corpus
 from lmpretrain.data.readers import Keys
 from lmpretrain.data.sentences import sentence_ends
-from lmpretrain.data.streaming import StreamingDataModule
+from lmpretrain.data.streaming import ShardedStream, StreamingDataModule, take_rank
 from lmpretrain.errors import ConfigError, DataError
 from lmpretrain.paths import cache_root, data_root
 from lmpretrain.tokenizers.build import TokenizerConfig, tokenizer_fingerprint
 
-TASKS = ("nsp", "sop", "texts")
+EXAMPLES = ("nsp", "sop", "texts")
 ENCODE_BATCH = 1024  # texts per tokenizer call while a split streams into its cache
 CACHE_FORMAT = 1  # version of the files below; bump when they change
 # name -> dtype of the flat arrays of a tokenized split (`tokens_b`/`ends_b` only with data.field_b)
@@ -72,18 +71,18 @@ def truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int) -> tuple[np.nda
     return a, b
 
 
-def make_pair(docs, index: int, task: str, max_tokens: int, rng: np.random.Generator):
+def make_pair(docs, index: int, examples: str, max_tokens: int, rng: np.random.Generator):
     """(A tokens, B tokens, pair_label) from document `index` (which has >= 2 sentences)."""
     a_sents, b_sents = choose_segments(docs[index], max_tokens, rng)
     a, b = np.concatenate(a_sents), np.concatenate(b_sents)
     label = int(rng.random() < 0.5)
-    if task == "nsp" and label == 0:  # B from a random other document, from a random sentence on
+    if examples == "nsp" and label == 0:  # B from a random other document, from a random sentence on
         other = int(rng.integers(0, len(docs) - 1))
         other += other >= index
         first = int(rng.integers(0, len(docs[other])))
         b = np.concatenate(docs[other][first:])
     a, b = truncate_pair(a, b, max_tokens)  # before a swap, so the true A|B boundary survives
-    if task == "sop" and label == 1:
+    if examples == "sop" and label == 1:
         a, b = b, a
     return a, b, label
 
@@ -114,45 +113,34 @@ def trim_padding(batch: list[dict]) -> dict:
     return out
 
 
-class PairExamples(IterableDataset):
-    """The example stream of one split: documents in a seeded order per epoch, sharded by rank and
-    worker exactly like `PackedBlocks` (batch k of a rank goes to worker k % workers)."""
+class PairExamples(ShardedStream):
+    """The example stream of one split: documents in a seeded order per epoch (file order for
+    validation), owned by rank and worker as in `data/streaming.py`."""
 
-    def __init__(self, docs, docs_b, task: str, ids: dict, block_size: int, batch_size: int, shuffle: bool,
-                 seed: int, start_batch: int = 0, rank: int = 0, world_size: int = 1):
-        self.docs, self.docs_b, self.task, self.ids = docs, docs_b, task, ids
-        self.block_size, self.batch_size, self.shuffle, self.seed = block_size, batch_size, shuffle, seed
-        self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
+    def __init__(self, docs, docs_b, examples: str, ids: dict, block_size: int, shuffle: bool, seed: int, **stream):
+        super().__init__(**stream)
+        self.docs, self.docs_b, self.examples, self.ids = docs, docs_b, examples, ids
+        self.block_size, self.shuffle, self.seed = block_size, shuffle, seed
 
-    def example(self, epoch: int, i: int) -> dict:
+    def example(self, position: int, item: tuple[int, int]) -> dict:
+        epoch, i = item
         rng = np.random.default_rng([self.seed, epoch, i])
         cls, sep, pad = self.ids["cls"], self.ids["sep"], self.ids["pad"]
-        if self.task == "texts":
+        if self.examples == "texts":
             out = encode_pair(self.docs[i][0][: self.block_size - 2], None, cls, sep, pad, self.block_size)
             if self.docs_b is not None:
                 b = encode_pair(self.docs_b[i][0][: self.block_size - 2], None, cls, sep, pad, self.block_size)
                 out.update({f"{k}_b": v for k, v in b.items() if k != "token_type_ids"})
             return out
-        a, b, label = make_pair(self.docs, i, self.task, self.block_size - 3, rng)
+        a, b, label = make_pair(self.docs, i, self.examples, self.block_size - 3, rng)
         return {**encode_pair(a, b, cls, sep, pad, self.block_size), "pair_label": torch.tensor(label)}
 
-    def stream(self) -> Iterator[tuple[int, int]]:
-        epoch = 0
-        while True:
+    def rank_stream(self) -> Iterator[tuple[int, int]]:
+        """(epoch, document) of this rank, epochs chained when shuffling."""
+        for epoch in itertools.count() if self.shuffle else [0]:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.docs)) if self.shuffle \
                 else np.arange(len(self.docs))
-            yield from ((epoch, int(i)) for i in order[self.rank :: self.world_size])
-            if not self.shuffle:
-                return
-            epoch += 1
-
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        for k, (epoch, i) in enumerate(self.stream()):
-            batch = k // self.batch_size
-            if batch >= self.start_batch and (batch - self.start_batch) % workers == worker:
-                yield self.example(epoch, i)
+            yield from ((epoch, int(i)) for i in take_rank(order, self.rank, self.world_size))
 
 
 class SentencePairDataModule(StreamingDataModule):
@@ -161,7 +149,7 @@ class SentencePairDataModule(StreamingDataModule):
     def __init__(
         self,
         files: list[str],
-        task: str = "sop",
+        examples: str = "sop",
         tokenizer: dict | None = None,
         block_size: int = 128,
         batch_size: int = 32,
@@ -181,27 +169,21 @@ class SentencePairDataModule(StreamingDataModule):
         urls: dict[str, str] | None = None,
     ):
         super().__init__(block_size, batch_size, num_workers, seed)
-        if task not in TASKS:
-            raise ConfigError(f"data.task={task!r} must be one of {TASKS}")
-        if field_b is not None and task != "texts":
-            raise ConfigError(f"data.field_b is for data.task=texts (SimCSE pairs), not {task}; unset it")
+        if examples not in EXAMPLES:
+            raise ConfigError(f"data.examples={examples!r} must be one of {EXAMPLES}")
+        if field_b is not None and examples != "texts":
+            raise ConfigError(f"data.field_b is for data.examples=texts (SimCSE pairs), not {examples}; unset it")
         if block_size < 8:
             raise ConfigError(f"data.block_size={block_size} is too short for [CLS] A [SEP] B [SEP]")
-        self.files, self.task, self.field, self.field_b = list(files), task, field, field_b
+        self.files, self.examples, self.field, self.field_b = list(files), examples, field, field_b
         self.split, self.val_fraction, self.max_documents = split, val_fraction, max_documents
         self.tokenizer_cfg = TokenizerConfig(**to_dict(tokenizer))  # plain lists: Hydra passes ListConfigs
         self.special = {"cls": cls_token, "sep": sep_token, "pad": pad_token}
         self.data_dir = Path(data_dir) if data_dir else data_root()
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.checksums, self.urls = dict(checksums or {}), dict(urls or {})
-        self.tokenizer = None
         self.docs: dict[str, TokenizedDocs] = {}
         self.docs_b: dict[str, TokenizedDocs | None] = {}
-
-    @property
-    def vocab_size(self) -> int:
-        self.prepare_data()
-        return self.tokenizer.get_vocab_size()
 
     def prepare_data(self) -> None:
         if self.docs:
@@ -218,7 +200,7 @@ class SentencePairDataModule(StreamingDataModule):
             self.ids[role] = tid
         key = hashlib.sha256(json.dumps(
             [fingerprint, tokenizer_fingerprint(self.tokenizer), self.field, self.field_b, self.split,
-             self.val_fraction, self.max_documents, self.task == "texts", asdict(self.tokenizer_cfg)],
+             self.val_fraction, self.max_documents, self.examples == "texts", asdict(self.tokenizer_cfg)],
             sort_keys=True).encode()).hexdigest()[:16]
         for part in SPLITS:
             folder = self.cache_dir / "pairs" / key / part
@@ -226,12 +208,12 @@ class SentencePairDataModule(StreamingDataModule):
                 self._tokenize(source, paths, part, folder)
             docs = TokenizedDocs.open(folder)
             self.docs_b[part] = TokenizedDocs.open(folder, "_b") if self.field_b else None
-            if self.task != "texts":  # a pair needs two sentences
+            if self.examples != "texts":  # a pair needs two sentences
                 docs = docs.with_min_sentences(2)
             self.docs[part] = docs
             if len(docs) < 2:
                 raise DataError(f"the {part} split of {self.files} has {len(docs)} usable documents "
-                                f"(task={self.task} needs >= 2{' with >= 2 sentences' if self.task != 'texts' else ''}); "
+                                f"(examples={self.examples} needs >= 2{' with >= 2 sentences' if self.examples != 'texts' else ''}); "
                                 f"use a bigger corpus or raise data.val_fraction")
 
     def _texts(self, source: TextSource, paths: list[Path], part: str) -> Iterator[tuple[str, str | None]]:
@@ -265,8 +247,8 @@ class SentencePairDataModule(StreamingDataModule):
                         if not enc.ids or (encs_b is not None and not encs_b[i].ids):
                             continue  # an empty text (or half of a pair) teaches nothing
                         ids = np.asarray(enc.ids, dtype=ARRAYS["tokens"])
-                        # task=texts keeps each document whole, as one "sentence"
-                        ends = np.array([len(ids)]) if self.task == "texts" else sentence_ends(enc, text, len(ids))
+                        # examples=texts keeps each document whole, as one "sentence"
+                        ends = np.array([len(ids)]) if self.examples == "texts" else sentence_ends(enc, text, len(ids))
                         parts["tokens"].append(ids)
                         parts["sent_ends"].append(n_tok + np.asarray(ends, ARRAYS["sent_ends"]))
                         n_tok, n_sent = n_tok + len(ids), n_sent + len(ends)
@@ -291,15 +273,9 @@ class SentencePairDataModule(StreamingDataModule):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def setup(self, stage: str | None = None) -> None:
-        self.prepare_data()
-
-    def dataset(self, part: str) -> IterableDataset:
-        rank, world = self.rank_and_world()
-        return PairExamples(self.docs[part], self.docs_b[part], self.task, self.ids, self.block_size,
-                            self.batch_size, shuffle=part == "train", seed=self.seed,
-                            start_batch=self.train_batches_seen if part == "train" else 0, rank=rank,
-                            world_size=world)
+    def dataset(self, part: str) -> PairExamples:
+        return PairExamples(self.docs[part], self.docs_b[part], self.examples, self.ids, self.block_size,
+                            shuffle=part == "train", seed=self.seed, **self.stream_args(part))
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:

@@ -14,11 +14,11 @@ from tokenizers import Tokenizer
 
 from lmpretrain.data.corpus import sha256_file
 from lmpretrain.data.shard_format import SPLITS, read_manifest
-from lmpretrain.data.streaming import StreamingDataModule
+from lmpretrain.data.packed_blocks import PackedBlocksDataModule
 from lmpretrain.errors import ConfigError, DataError
 
 
-class ShardsDataModule(StreamingDataModule):
+class ShardsDataModule(PackedBlocksDataModule):
     def __init__(
         self,
         dir: str,
@@ -32,7 +32,6 @@ class ShardsDataModule(StreamingDataModule):
         self.dir = Path(dir).expanduser()
         self.source_weights = dict(weights) if weights else None
         self.manifest = None
-        self.tokenizer = None
 
     def prepare_data(self) -> None:
         if self.manifest is not None:
@@ -51,14 +50,6 @@ class ShardsDataModule(StreamingDataModule):
         for part in SPLITS:
             if not any(s.tokens for s in manifest.shards_for(part)):
                 raise DataError(f"{self.dir} has no {part} tokens; re-run prepare with more text or a larger val_fraction")
-
-    def setup(self, stage: str | None = None) -> None:
-        self.prepare_data()
-
-    @property
-    def vocab_size(self) -> int:
-        self.prepare_data()
-        return self.tokenizer.get_vocab_size()
 
     def source_names(self, part: str) -> list[str]:
         return sorted({s.source for s in self.manifest.shards_for(part)})

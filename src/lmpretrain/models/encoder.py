@@ -23,6 +23,7 @@ from lmpretrain.models.blocks import (
     init_weights,
     sinusoidal_table,
 )
+from lmpretrain.models.pooling import pool
 
 
 @dataclass
@@ -121,7 +122,7 @@ class Encoder(nn.Module):
 
     def pool(self, h: torch.Tensor) -> torch.Tensor:
         """BERT's pooled output: tanh(dense(h[:, 0])), the [CLS] summary used by NSP/SOP. (B, C)."""
-        return torch.tanh(self.pooler(h[:, 0]))
+        return torch.tanh(self.pooler(pool(h, None, "cls")))
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         """Masked-LM logits for every position: (B, T, vocab)."""

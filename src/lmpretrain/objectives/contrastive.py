@@ -20,7 +20,8 @@ from torchmetrics import MeanMetric
 
 from lmpretrain.errors import ConfigError
 from lmpretrain.models import GPT, Encoder, EncoderDecoder
-from lmpretrain.objectives.pretrain import PretrainModule, Task
+from lmpretrain.models.pooling import pool
+from lmpretrain.objectives.pretrain import PretrainModule, Loss
 
 MODES = ("unsupervised", "supervised")
 POOLINGS = ("cls", "mean")
@@ -40,7 +41,7 @@ def uniformity(z: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     return torch.pdist(F.normalize(z, dim=-1)).pow(2).mul(-t).exp().mean().log()
 
 
-class ContrastiveTask(Task):
+class ContrastiveLoss(Loss):
     needs = (Encoder, GPT, EncoderDecoder)
 
     def __init__(self, mode: str = "unsupervised", temperature: float = 0.05, pooling: str = "cls"):
@@ -56,18 +57,14 @@ class ContrastiveTask(Task):
 
     def embed(self, network: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """(B, T) -> (B, C): the first ([CLS]) state, or the mean over real tokens."""
-        h = network.features(ids, mask)  # (B, T, C)
-        if self.pooling == "cls":
-            return h[:, 0]
-        w = torch.ones_like(ids, dtype=h.dtype) if mask is None else mask.to(h.dtype)
-        return (h * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp(min=1)
+        return pool(network.features(ids, mask), mask, self.pooling)  # (B, T, C) -> (B, C)
 
     def views(self, network: nn.Module, batch: dict, paired: bool) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.embed(network, batch["input_ids"], batch.get("attention_mask"))
         if paired:
             if "input_ids_b" not in batch:
                 raise ConfigError("objective.mode=supervised needs paired batches: a data config with "
-                                  "_target_ lmpretrain.data.SentencePairDataModule, task=texts and field_b set")
+                                  "_target_ lmpretrain.data.SentencePairDataModule, examples=texts and field_b set")
             return z, self.embed(network, batch["input_ids_b"], batch.get("attention_mask_b"))
         return z, self.embed(network, batch["input_ids"], batch.get("attention_mask"))  # new dropout mask
 
@@ -101,4 +98,4 @@ class ContrastiveModule(PretrainModule):
                  optimizer: dict | None = None, scheduler: dict | None = None, seed: int = 0):
         super().__init__(model, optimizer, scheduler, seed)
         self.save_hyperparameters()
-        self.set_tasks({"contrastive": ContrastiveTask(mode, temperature, pooling)})
+        self.set_losses({"contrastive": ContrastiveLoss(mode, temperature, pooling)})

@@ -20,7 +20,7 @@ from torchmetrics import MeanMetric
 from lmpretrain.errors import ConfigError
 from lmpretrain.metrics import TokenNLL
 from lmpretrain.models.encoder import Encoder
-from lmpretrain.objectives.pretrain import PretrainModule, Task, token_id, torch_generator
+from lmpretrain.objectives.pretrain import PretrainModule, Loss, token_id, torch_generator
 
 PAIR_TASKS = ("nsp", "sop")
 
@@ -91,7 +91,7 @@ def mask_tokens(
     return corrupted, labels
 
 
-class SentencePairTask(Task):
+class SentencePairLoss(Loss):
     """NSP or SOP: a 2-way classifier on the pooled [CLS] state; batches carry `pair_label`."""
 
     needs = (Encoder,)
@@ -109,7 +109,7 @@ class SentencePairTask(Task):
     def loss_and_acc(self, network: Encoder, h: torch.Tensor, batch: dict):
         if "pair_label" not in batch:
             raise ConfigError(f"objective {self.kind} needs sentence-pair batches: use a data config with "
-                              f"_target_ lmpretrain.data.SentencePairDataModule and data.task={self.kind}")
+                              f"_target_ lmpretrain.data.SentencePairDataModule and data.examples={self.kind}")
         logits = self.logits(network, h)
         loss = F.cross_entropy(logits, batch["pair_label"])
         return loss, (logits.argmax(-1) == batch["pair_label"]).float().mean()
@@ -131,7 +131,7 @@ def encoder_inputs(batch: dict) -> tuple:
     return batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")
 
 
-class MaskedLMTask(Task):
+class MaskedLMLoss(Loss):
     """MLM loss on the selected positions, plus an optional NSP/SOP loss on the same pass (summed,
     as BERT and ALBERT do)."""
 
@@ -141,12 +141,12 @@ class MaskedLMTask(Task):
         super().__init__()
         self.cfg = MaskingConfig(**(masking or {}))
         self.mask_token = mask_token
-        self.pair = SentencePairTask(pair) if pair else None
+        self.pair = SentencePairLoss(pair) if pair else None
         self.val_nll = TokenNLL()
         self.val_acc = MeanMetric()
         self.mask_id: int | None = None
 
-    def set_tokenizer(self, tok: Tokenizer) -> None:
+    def connect(self, tok: Tokenizer, runtime=None) -> None:
         self.mask_id = token_id(tok, self.mask_token, "objective.mask_token")
         special = torch.zeros(tok.get_vocab_size(), dtype=torch.bool)
         special[list(tok.get_added_tokens_decoder())] = True
@@ -157,7 +157,7 @@ class MaskedLMTask(Task):
 
     def corrupt(self, batch: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mask_id is None:
-            raise RuntimeError("the module has no tokenizer yet; set module.tokenizer_json first")
+            raise RuntimeError("the module has no tokenizer yet; call module.connect(tokenizer_json=...) first")
         ids = batch["input_ids"]
         special = self.special.to(ids.device)
         # Ids past the tokenizer's vocabulary (a model.vocab_size padded up) count as special.
@@ -217,4 +217,4 @@ class MaskedLMModule(PretrainModule):
                  seed: int = 0):
         super().__init__(model, optimizer, scheduler, seed)
         self.save_hyperparameters()
-        self.set_tasks({"mlm": MaskedLMTask(masking, pair, mask_token)})
+        self.set_losses({"mlm": MaskedLMLoss(masking, pair, mask_token)})

@@ -1,75 +1,47 @@
-"""A weighted mixture of objectives over one network: each training step picks one task with
-probability proportional to its weight and optimizes that task's loss on the step's batch.
+"""A weighted mixture of pretraining losses over one network: each training step picks one loss
+with probability proportional to its weight and optimizes it on the step's batch.
 
-All tasks read the same batches, so pick a data module that serves all of them: sentence pairs for
+All losses read the same batches, so pick a data module that serves all of them: sentence pairs for
 MLM + SOP, packed blocks for causal LM + contrastive (SimCSE over dropout views of a block).
-Losses are logged per task (`train/<task>/loss`, `val/<task>/loss`, `val/<task>/<metric>`);
+Each is logged under its name (`train/<name>/loss`, `val/<name>/loss`, `val/<name>/<metric>`);
 `val/loss` is the weight-averaged validation loss.
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from lmpretrain.errors import ConfigError
-from lmpretrain.metrics import TokenNLL
-from lmpretrain.models import GPT
-from lmpretrain.objectives.contrastive import ContrastiveTask
-from lmpretrain.objectives.masked_lm import MaskedLMTask, SentencePairTask
-from lmpretrain.objectives.pretrain import PretrainModule, Task
+from lmpretrain.objectives.causal_lm import CausalLMLoss
+from lmpretrain.objectives.contrastive import ContrastiveLoss
+from lmpretrain.objectives.masked_lm import MaskedLMLoss, SentencePairLoss
+from lmpretrain.objectives.pretrain import Loss, PretrainModule
+
+TYPES = ("causal_lm", "mlm", "nsp", "sop", "contrastive")
 
 
-class CausalLMTask(Task):
-    """Next-token prediction, as `CausalLMModule`, for use inside a mixture."""
-
-    needs = (GPT,)
-    uses_every_parameter = True
-
-    def __init__(self):
-        super().__init__()
-        self.val_nll = TokenNLL()
-
-    def _loss(self, network, batch):
-        logits = network(batch["input_ids"])  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
-
-    def forward(self, network, batch, seed):
-        return {"loss": self._loss(network, batch)}
-
-    def val_update(self, network, batch, seed):
-        self.val_nll.update(self._loss(network, batch), int((batch["labels"] != -100).sum()))
-
-    def val_compute(self):
-        return {"loss": self.val_nll.compute(), "ppl": self.val_nll.perplexity()}
-
-
-KINDS = ("causal_lm", "mlm", "nsp", "sop", "contrastive")
-
-
-def build_task(name: str, spec: dict) -> Task:
+def build_loss(name: str, spec: dict) -> Loss:
     spec = dict(spec)
-    kind = spec.pop("kind", name)
+    type = spec.pop("type", name)
     spec.pop("weight", None)
-    if kind not in KINDS:
-        raise ConfigError(f"objective.tasks.{name}.kind={kind!r} is unknown; use one of {KINDS}")
+    if type not in TYPES:
+        raise ConfigError(f"objective.losses.{name}.type={type!r} is unknown; use one of {TYPES}")
     try:
-        if kind == "causal_lm":
-            return CausalLMTask(**spec)
-        if kind == "mlm":
-            return MaskedLMTask(**spec)
-        if kind in ("nsp", "sop"):
-            return SentencePairTask(kind)
-        return ContrastiveTask(**spec)
+        if type == "causal_lm":
+            return CausalLMLoss(**spec)
+        if type == "mlm":
+            return MaskedLMLoss(**spec)
+        if type in ("nsp", "sop"):
+            return SentencePairLoss(type)
+        return ContrastiveLoss(**spec)
     except TypeError as e:
-        raise ConfigError(f"objective.tasks.{name}: {e}; see the {kind} objective's options") from None
+        raise ConfigError(f"objective.losses.{name}: {e}; see the {type} objective's options") from None
 
 
 class MultitaskModule(PretrainModule):
-    """`objective=multitask`: tasks = {name: {kind: mlm|sop|nsp|causal_lm|contrastive, weight: w, ...}}."""
+    """`objective=multitask`: losses = {name: {type: mlm|sop|nsp|causal_lm|contrastive, weight: w, ...}}."""
 
-    def __init__(self, model: dict, tasks: dict[str, dict], optimizer: dict | None = None,
+    def __init__(self, model: dict, losses: dict[str, dict], optimizer: dict | None = None,
                  scheduler: dict | None = None, seed: int = 0):
         super().__init__(model, optimizer, scheduler, seed)
         self.save_hyperparameters()
-        self.set_tasks({name: build_task(name, spec) for name, spec in tasks.items()},
-                       {name: spec.get("weight", 1.0) for name, spec in tasks.items()})
+        self.set_losses({name: build_loss(name, spec) for name, spec in losses.items()},
+                        {name: spec.get("weight", 1.0) for name, spec in losses.items()})

@@ -1,12 +1,12 @@
-"""The step every non-causal pretraining objective shares: tasks over one network.
+"""The step every pretraining objective shares: one or more losses over one network.
 
-A `Task` is a plain `nn.Module` holding one loss (and its own heads and validation metrics) over a
-network it is handed; a `PretrainModule` is a LightningModule that owns the network and one or
-more tasks. `MaskedLMModule`, `SpanCorruptionModule`, `ContrastiveModule` hold one task each,
+A `Loss` is a plain `nn.Module` holding one loss (and its validation metrics) over a network it
+is handed; a `PretrainModule` is a LightningModule that owns the network and one or more losses.
+`CausalLMModule`, `MaskedLMModule`, `SpanCorruptionModule`, `ContrastiveModule` hold one loss each,
 `MultitaskModule` several, sampled per step by weight. So the families share the step, the seeding
-and the logging, and differ only in their task.
+and the logging, and differ only in their loss.
 
-Randomness of the corruption (masks, spans, task choice) comes from a generator seeded by
+Randomness of the corruption (masks, spans, loss choice) comes from a generator seeded by
 (seed, step, batch): a resumed run draws the same masks as a straight one, and every validation
 pass sees the same masked batches, so `val/*` values are comparable across evaluations.
 """
@@ -20,7 +20,7 @@ from torch import nn
 
 from lmpretrain.errors import ConfigError
 from lmpretrain.models import build_network
-from lmpretrain.module import LMModule
+from lmpretrain.module import LMModule, RuntimeOptions
 
 
 def derive_seed(*parts: int) -> int:
@@ -43,13 +43,12 @@ def token_id(tok: Tokenizer, token: str | None, key: str, required: bool = True)
     return tid
 
 
-class Task(nn.Module):
+class Loss(nn.Module):
     """One loss over a shared network. Subclasses set `needs` (the architectures they accept)."""
 
     needs: tuple[type, ...] = (nn.Module,)
-    # Whether every parameter of the network (and the task) gets a gradient each step; an MLM step
-    # leaves BERT's pooler out. DDP must then look for unused parameters (strategy=ddp resolves
-    # `find_unused_parameters: auto` from this).
+    # Whether every parameter of the network gets a gradient each step (an MLM step leaves BERT's
+    # pooler out); see `LMModule.uses_every_parameter`.
     uses_every_parameter: bool = False
 
     def check_network(self, network: nn.Module, objective: str) -> None:
@@ -60,8 +59,9 @@ class Task(nn.Module):
                 f"EncoderDecoder, gpt_tiny for a GPT); got {type(network).__name__}"
             )
 
-    def set_tokenizer(self, tok: Tokenizer) -> None:
-        """Resolve the token ids this task needs (called whenever the module gets its tokenizer)."""
+    def connect(self, tokenizer: Tokenizer, runtime: RuntimeOptions) -> None:
+        """The run's tokenizer (resolve the token ids this loss needs) and runtime options; called by
+        `PretrainModule.connect`."""
 
     def forward(self, network: nn.Module, batch: dict, seed: int) -> dict[str, torch.Tensor]:
         """Training: {"loss": the loss to optimize, "<part>": anything else worth logging}."""
@@ -82,51 +82,44 @@ class Task(nn.Module):
 
 class PretrainModule(LMModule):
     """Subclasses call `super().__init__(model, ...)` (which builds `self.network`), then
-    `self.set_tasks(...)` with tasks sized from `self.network.config`."""
+    `self.set_losses(...)` with losses sized from `self.network.config`."""
 
     def __init__(self, model: dict, optimizer: dict | None = None, scheduler: dict | None = None, seed: int = 0):
         super().__init__(optimizer, scheduler)
         self.network = self.build_network(model)
-        self.tasks = nn.ModuleDict()
+        self.losses = nn.ModuleDict()
         self.weights: dict[str, float] = {}
         self.seed = seed
 
-    def set_tasks(self, tasks: dict[str, Task], weights: dict[str, float] | None = None) -> None:
-        self.tasks = nn.ModuleDict(tasks)
-        self.weights = {name: float((weights or {}).get(name, 1.0)) for name in tasks}
-        if not tasks or any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
-            raise ConfigError(f"objective task weights {self.weights} must be >= 0 with a positive sum")
-        for name, task in self.tasks.items():
-            task.check_network(self.network, name)
+    def set_losses(self, losses: dict[str, Loss], weights: dict[str, float] | None = None) -> None:
+        self.losses = nn.ModuleDict(losses)
+        self.weights = {name: float((weights or {}).get(name, 1.0)) for name in losses}
+        if not losses or any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+            raise ConfigError(f"objective loss weights {self.weights} must be >= 0 with a positive sum")
+        for name, loss in self.losses.items():
+            loss.check_network(self.network, name)
 
     def build_network(self, model: dict) -> nn.Module:
         return build_network(model)
 
-    # The tokenizer arrives after construction (train.build sets it; load_from_checkpoint restores it
-    # from the checkpoint): that is when tasks can resolve [MASK], [PAD] and friends.
-    @property
-    def tokenizer_json(self) -> str | None:
-        return self.__dict__.get("_tokenizer_json")
-
-    @tokenizer_json.setter
-    def tokenizer_json(self, value: str | None) -> None:
-        self.__dict__["_tokenizer_json"] = value
-        if value is not None:
-            tok = Tokenizer.from_str(value)
-            for task in self.tasks.values():
-                task.set_tokenizer(tok)
+    def connect(self, tokenizer_json: str | None = None, runtime: RuntimeOptions | None = None) -> None:
+        super().connect(tokenizer_json, runtime)
+        if self.tokenizer_json is not None:
+            tokenizer = Tokenizer.from_str(self.tokenizer_json)
+            for loss in self.losses.values():
+                loss.connect(tokenizer, self.runtime)
 
     @property
     def uses_every_parameter(self) -> bool:
-        """One task that touches every parameter; several tasks, sampled per step, never do."""
-        return len(self.tasks) == 1 and all(t.uses_every_parameter for t in self.tasks.values())
+        """One loss that touches every parameter; several losses, sampled per step, never do."""
+        return len(self.losses) == 1 and all(t.uses_every_parameter for t in self.losses.values())
 
-    def metric_name(self, task: str, metric: str) -> str:
-        """`loss`, `mlm_acc` for one task; `mlm/loss` when tasks share the module."""
-        return metric if len(self.tasks) == 1 else f"{task}/{metric}"
+    def metric_name(self, loss: str, metric: str) -> str:
+        """`loss`, `mlm_acc` for one loss; `mlm/loss` when losses share the module."""
+        return metric if len(self.losses) == 1 else f"{loss}/{metric}"
 
-    def pick_task(self, seed: int) -> str:
-        names = list(self.tasks)
+    def pick_loss(self, seed: int) -> str:
+        names = list(self.losses)
         if len(names) == 1:
             return names[0]
         p = np.array([self.weights[n] for n in names]) / sum(self.weights.values())
@@ -143,28 +136,26 @@ class PretrainModule(LMModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         seed = derive_seed(self.seed, 0, self.global_step, batch_idx)
-        name = self.pick_task(seed)  # the same task on every rank: they all run the same layers
-        out = self.tasks[name](self.network, batch, self.rank_seed(seed))
-        self.check_finite(out["loss"])
-        # sync_dist: the mean over all ranks, i.e. the loss of the global batch (a no-op on one process).
-        self.log("train/loss", out["loss"], prog_bar=True, sync_dist=True)
+        name = self.pick_loss(seed)  # the same loss on every rank: they all run the same layers
+        out = self.losses[name](self.network, batch, self.rank_seed(seed))
+        self.log_train_loss(out["loss"])
         for key, value in out.items():
-            if key != "loss" or len(self.tasks) > 1:
+            if key != "loss" or len(self.losses) > 1:
                 self.log(f"train/{self.metric_name(name, key)}", value)
         return out["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         seed = self.rank_seed(derive_seed(self.seed, 1, batch_idx))  # the same masks at every validation
-        for task in self.tasks.values():
-            task.val_update(self.network, batch, seed)
+        for loss in self.losses.values():
+            loss.val_update(self.network, batch, seed)
 
     def on_validation_epoch_end(self) -> None:
         total, weight_sum = 0.0, sum(self.weights.values())
-        for name, task in self.tasks.items():
-            metrics = task.val_compute()
+        for name, loss in self.losses.items():
+            metrics = loss.val_compute()
             total = total + self.weights[name] / weight_sum * metrics["loss"]
             for key, value in metrics.items():
-                if key != "loss" or len(self.tasks) > 1:
+                if key != "loss" or len(self.losses) > 1:
                     self.log(f"val/{self.metric_name(name, key)}", value)
-            task.val_reset()
+            loss.val_reset()
         self.log("val/loss", total, prog_bar=True)

@@ -26,7 +26,7 @@ from torchmetrics import MeanMetric
 from lmpretrain.errors import ConfigError
 from lmpretrain.metrics import TokenNLL
 from lmpretrain.models.encdec import EncoderDecoder
-from lmpretrain.objectives.pretrain import PretrainModule, Task, token_id
+from lmpretrain.objectives.pretrain import PretrainModule, Loss, token_id
 
 
 @dataclass
@@ -84,7 +84,7 @@ def fill_spans(inputs: np.ndarray, targets: np.ndarray, sentinel0: int) -> np.nd
     return np.concatenate([spans[int(t)] if t >= sentinel0 else [t] for t in inputs]).astype(inputs.dtype)
 
 
-class SpanCorruptionTask(Task):
+class SpanCorruptionLoss(Loss):
     needs = (EncoderDecoder,)
     uses_every_parameter = True  # the whole encoder-decoder and its tied head
 
@@ -95,7 +95,7 @@ class SpanCorruptionTask(Task):
         self.eos_id: int | None = None
         self.val_nll, self.val_acc = TokenNLL(), MeanMetric()
 
-    def set_tokenizer(self, tok: Tokenizer) -> None:
+    def connect(self, tok: Tokenizer, runtime=None) -> None:
         self.eos_id = token_id(tok, self.eos_token, "objective.eos_token")
         # T5 starts decoding from its pad token; without one, EOS serves (it also ends every target).
         start = token_id(tok, self.start_token, "objective.start_token", required=False)
@@ -104,7 +104,7 @@ class SpanCorruptionTask(Task):
     def corrupt(self, input_ids: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
         """input_ids (B, L) -> encoder inputs (B, L - noise + spans + 1), decoder inputs and labels."""
         if self.eos_id is None:
-            raise RuntimeError("the module has no tokenizer yet; set module.tokenizer_json first")
+            raise RuntimeError("the module has no tokenizer yet; call module.connect(tokenizer_json=...) first")
         L = input_ids.size(1)
         _, n_spans = self.cfg.counts(L)
         if n_spans > self.cfg.n_sentinels:
@@ -156,4 +156,4 @@ class SpanCorruptionModule(PretrainModule):
         super().__init__(model, optimizer, scheduler, seed)
         self.save_hyperparameters()  # the init arguments as they stand now: model with sentinels, sentinel0
         cfg = SpanConfig(noise_density, mean_span_length, n_sentinels)
-        self.set_tasks({"span_corruption": SpanCorruptionTask(sentinel0, cfg, eos_token, start_token)})
+        self.set_losses({"span_corruption": SpanCorruptionLoss(sentinel0, cfg, eos_token, start_token)})

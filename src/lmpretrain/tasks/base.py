@@ -17,9 +17,10 @@ from lmpretrain.models.blocks import Block
 from lmpretrain.models.encdec import EncoderDecoder
 from lmpretrain.models.encoder import Encoder
 from lmpretrain.models.gpt import GPT
+from lmpretrain.models.pooling import POOLINGS
 from lmpretrain.module import LMModule
 
-POOLINGS = ("auto", "cls", "mean", "last")
+TASK_POOLINGS = ("auto", *POOLINGS)
 
 
 def read_pretrained(path: str) -> dict:
@@ -55,8 +56,8 @@ class FinetuneModule(LMModule):
     def __init__(self, model: dict, labels: list[str], pooling: str = "auto", classifier_dropout: float = 0.1,
                  optimizer: dict | None = None, scheduler: dict | None = None):
         super().__init__(optimizer, scheduler)
-        if pooling not in POOLINGS:
-            raise ConfigError(f"task.pooling={pooling!r} must be one of {POOLINGS}")
+        if pooling not in TASK_POOLINGS:
+            raise ConfigError(f"task.pooling={pooling!r} must be one of {TASK_POOLINGS}")
         if not labels:
             raise ConfigError("a task needs at least one label")
         self.labels = list(labels)
@@ -83,7 +84,7 @@ class FinetuneModule(LMModule):
             raise ConfigError(f"the pretrained checkpoint does not fit model config (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}); leave model.* unset when pretrained= is given")
 
-    def hidden(self, batch: dict) -> torch.Tensor:
+    def features(self, batch: dict) -> torch.Tensor:
         """(B, T, C) hidden states of the input, for any architecture."""
         net, mask = self.network, batch.get("attention_mask")
         if isinstance(net, Encoder):
@@ -112,13 +113,3 @@ class FinetuneModule(LMModule):
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")
 
-    def pool(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, T, C) -> (B, C) by `self.pooling`; `mask` (B, T) marks real tokens."""
-        if mask is None:
-            mask = torch.ones(h.shape[:2], dtype=torch.long, device=h.device)
-        if self.pooling == "cls":
-            return h[:, 0]
-        if self.pooling == "last":  # right padding: the last real token is at length - 1
-            return h[torch.arange(h.size(0), device=h.device), mask.sum(1) - 1]
-        m = mask.unsqueeze(-1).to(h.dtype)
-        return (h * m).sum(1) / m.sum(1).clamp(min=1)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from lmpretrain.models.pooling import pool
 from lmpretrain.tasks.base import FinetuneModule
 
 
@@ -31,14 +32,11 @@ class SequenceClassificationModule(FinetuneModule):
 
     def forward(self, batch: dict) -> torch.Tensor:
         """(B, num_labels) logits."""
-        h = self.hidden(batch)
-        return self.network.task_head(self.pool(h, batch.get("attention_mask")))
+        pooled = pool(self.features(batch), batch.get("attention_mask"), self.pooling)  # (B, C)
+        return self.network.task_head(pooled)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = F.cross_entropy(self(batch), batch["labels"])
-        self.check_finite(loss)
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-        return loss
+        return self.log_train_loss(F.cross_entropy(self(batch), batch["labels"]))
 
     def _eval_step(self, split: str, batch: dict) -> None:
         logits = self(batch)

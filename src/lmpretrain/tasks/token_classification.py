@@ -26,16 +26,13 @@ class TokenClassificationModule(FinetuneModule):
 
     def forward(self, batch: dict) -> torch.Tensor:
         """(B, T, num_labels) logits."""
-        return self.network.task_head(self.hidden(batch))
+        return self.network.task_head(self.features(batch))
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch), batch["labels"])
-        self.check_finite(loss)
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-        return loss
+        return self.log_train_loss(self._loss(self(batch), batch["labels"]))
 
     def word_tags(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[list[list[str]], list[list[str]]]:
         """Predicted and gold tag sequences, one tag per word (positions whose label is not -100)."""

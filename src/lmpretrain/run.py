@@ -1,0 +1,115 @@
+"""One road from a composed config to a finished run, shared by `train` and `finetune`:
+
+    config -> trainer settings -> data (+ tokenizer) -> model config -> LightningModule -> Trainer
+           -> fit (-> test) -> metrics
+
+`build_run` checks what can be checked before anything heavy starts (trainer settings, model vs
+data), then hands every runtime value over once: the tokenizer and the model's block size reach the
+DataModule through `datamodule.connect(...)`; the tokenizer and runtime options reach the
+LightningModule through `module.connect(...)`; everything else is a constructor argument.
+The entrypoints (`train.py`, `finetune.py`) are thin `@hydra.main` wrappers around `fit_run`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, NamedTuple
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from tokenizers import Tokenizer
+
+from lmpretrain.config import check_model_fits_data, to_dict, wandb_offline_unless_configured
+from lmpretrain.distributed import resolve_trainer_config, resolve_unused_parameters
+from lmpretrain.errors import exit_on_user_error
+from lmpretrain.module import LMModule, RuntimeOptions
+from lmpretrain.tasks.base import read_pretrained
+
+log = logging.getLogger(__name__)
+
+
+class Run(NamedTuple):
+    datamodule: L.LightningDataModule
+    module: LMModule
+    trainer: L.Trainer
+
+
+def build_run(cfg: DictConfig, module_group: str) -> Run:
+    """DataModule, LightningModule (built from `cfg[module_group]`: `objective` for pretraining,
+    `task` for fine-tuning) and Trainer from a composed config, without training.
+
+    With `cfg.pretrained` (a checkpoint path), the network config, its weights and the tokenizer
+    come from that checkpoint; otherwise from the `model` and `tokenizer` groups.
+    """
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    trainer_cfg = resolve_trainer_config(cfg)  # precision=auto, global batch -> accumulation; checked first
+    pretrained = read_pretrained(cfg.pretrained) if cfg.get("pretrained") else None
+    model = pretrained["model"] if pretrained else to_dict(cfg.model)
+    datamodule = instantiate(cfg.data)
+    datamodule.connect(tokenizer=Tokenizer.from_str(pretrained["tokenizer_json"]) if pretrained else None,
+                       block_size=model.get("block_size"))
+    datamodule.prepare_data()  # trains/loads the tokenizer: the model's vocabulary comes from it
+    model = check_model_fits_data(model, datamodule.block_size, datamodule.vocab_size)
+    module = instantiate(cfg[module_group], model=model, optimizer=to_dict(cfg.optimizer),
+                         scheduler=to_dict(cfg.scheduler), **datamodule.module_arguments(), _convert_="all")
+    if pretrained:
+        module.load_pretrained_network(pretrained["network"])
+    module.connect(tokenizer_json=datamodule.tokenizer.to_str(), runtime=RuntimeOptions(**to_dict(cfg.get("runtime"))))
+    resolve_unused_parameters(trainer_cfg, module)
+    return Run(datamodule, module, build_trainer(cfg, trainer_cfg))
+
+
+def build_trainer(cfg: DictConfig, trainer_cfg: DictConfig) -> L.Trainer:
+    """The Trainer with the config's callbacks and loggers (wandb offline unless configured)."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    logger_cfgs = [c for c in (cfg.get("logger") or {}).values() if c is not None]
+    if any("wandb" in str(c.get("_target_", "")).lower() for c in logger_cfgs):
+        wandb_offline_unless_configured()
+    loggers = [instantiate(c) for c in logger_cfgs]
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+
+
+def fit_run(cfg: DictConfig, run: Run, test: bool = False) -> dict[str, float]:
+    """Fit (resuming from `cfg.ckpt_path` when set); with `test`, score the best checkpoint on the
+    test split as well (`test/*`). Returns the final logged metrics."""
+    datamodule, module, trainer = run
+    for lg in trainer.loggers:
+        lg.log_hyperparams(to_dict(cfg))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            log.info("best checkpoint: %s", best)
+        if test and datamodule.has_split("test"):
+            results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+    finally:
+        close_wandb_runs(trainer)
+    return metrics
+
+
+def close_wandb_runs(trainer: L.Trainer) -> None:
+    """A sweep runs its jobs in one process: close each job's wandb run so the next starts its own."""
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "WandbLogger" and lg._experiment is not None:
+            lg.experiment.finish()
+
+
+def main(run: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
+    """The body of every `@hydra.main`: run, log the final metrics, and return the one a Hydra
+    sweeper optimizes (`optimized_metric`, e.g. Optuna minimizing val/loss). A single run turns a
+    user error into one `error: ...` line and exit status 2; in a multirun the error reaches the
+    sweeper, which records that job as failed and goes on with the next."""
+
+    def report(cfg: DictConfig) -> float | None:
+        metrics = run(cfg)
+        log.info("final metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
+        return metrics.get(cfg.get("optimized_metric", "val/loss"))
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return report(cfg)
+    return exit_on_user_error(report)(cfg)
