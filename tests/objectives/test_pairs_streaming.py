@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from test_sentence_pairs import WORDPIECE, corpus
 
-from lmpretrain.data import pairs as pairs_module
+from lmpretrain.data import sentence_pairs as pairs_module
 from lmpretrain.data.sentence_pairs import SentencePairDataModule, TokenizedDocs
 
 
