@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lmpretrain.distributed.parallel import clip_grad_norm_
 from lmpretrain.errors import TrainingDivergedError
 from lmpretrain.models.blocks import Block
 from lmpretrain.optim import build_optimizer, build_scheduler
@@ -55,28 +56,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         h, y = hidden[start : start + chunk], labels[start : start + chunk]
         total = total + checkpoint(_chunk_loss_sum, h, weight, y, use_reentrant=False).float()
     return total / (labels != -100).sum().clamp(min=1)
-
-
-def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
-    """`torch.nn.utils.clip_grad_norm_` for parameters that are DTensors on different meshes (2D
-    FSDP x TP: split matrices live on both mesh dimensions, replicated norms and embeddings on the
-    data-parallel one), which torch's version cannot stack into one norm. Norms are summed per mesh,
-    each made global with one collective, then combined. Returns the total norm before clipping."""
-    from torch.distributed.tensor import DTensor
-
-    grads = [p.grad for p in parameters if p.grad is not None]
-    by_mesh: dict = {}
-    for g in grads:
-        by_mesh.setdefault(g.device_mesh if isinstance(g, DTensor) else None, []).append(g)
-    squares = []
-    for group in by_mesh.values():
-        norm = torch.nn.utils.get_total_norm(group, 2.0)
-        squares.append((norm.full_tensor() if isinstance(norm, DTensor) else norm).float() ** 2)
-    total = torch.stack(squares).sum().sqrt()
-    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(coef.item() if isinstance(g, DTensor) else coef.to(g.dtype))
-    return total
 
 
 class LMModule(L.LightningModule):

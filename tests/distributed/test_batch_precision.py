@@ -7,16 +7,15 @@ import torch
 from fit_worker import GlobalLoss
 
 from conftest import make_cfg
-from lmpretrain.distributed import (
+from lmpretrain.distributed.parallel import clip_grad_norm_, tensor_parallel_plan
+from lmpretrain.distributed.trainer_config import (
     accumulation_for,
     resolve_precision,
     resolve_trainer_config,
-    tensor_parallel_plan,
     world_size,
 )
 from lmpretrain.errors import ConfigError, find_user_error
 from lmpretrain.models import build_network
-from lmpretrain.module import clip_grad_norm_
 from lmpretrain.train import build
 
 SHORT = ["debug=fast", "trainer.max_steps=6", "scheduler.warmup_steps=2", "scheduler.max_steps=6",
