@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmpretrain.data.readers import DATA, Keys, is_jsonl, open_binary, read_fields, read_lines
-from lmpretrain.errors import DataError
+from lmpretrain.errors import ConfigError, DataError
 
 SPLITS = ("train", "val")
 MISSING_FIX = "set LMPRETRAIN_DATA to the folder holding it or fix data.files"
@@ -174,28 +174,48 @@ class TextSource:
         return (text for text, _ in self.pieces(part))
 
 
-def open_corpus(
-    files: list[str],
-    field: str,
-    split: str,
-    val_fraction: float,
-    tokenizer_cfg,
-    data_dir: str | os.PathLike,
-    cache_dir: str | os.PathLike,
-    checksums: dict[str, str] | None = None,
-    urls: dict[str, str] | None = None,
-):
-    """Resolve the files and load (or train and cache) their tokenizer.
+class TextCorpus:
+    """The text a pretraining DataModule reads and how it splits (`data.files`, `data.field`,
+    `data.split`, `data.val_fraction`, `data.data_dir`, `data.cache_dir`, `data.checksums`,
+    `data.urls`), checked when the DataModule is built; `open()` reads it."""
 
-    Returns (TextSource, corpus fingerprint, tokenizer). The tokenizer is trained on the training
-    split's text, so the field and split settings are part of the fingerprint, not only the files.
-    """
-    from lmpretrain.tokenizers.build import load_or_train_tokenizer  # the tokenizers import is not free
+    KEYS = ("field", "split", "val_fraction", "data_dir", "cache_dir", "checksums", "urls")
 
-    paths = resolve_files(files, data_dir, cache_dir, checksums, urls)
-    source = TextSource(paths, field, split, val_fraction)
-    fingerprint = corpus_fingerprint(paths, field, split, val_fraction)
-    tokenizer, _ = load_or_train_tokenizer(
-        tokenizer_cfg, lambda: source.texts("train"), fingerprint, Path(cache_dir) / "tokenizers"
-    )
-    return source, fingerprint, tokenizer
+    def __init__(self, files: list[str], tokenizer: dict | None, field: str = "text", split: str = "tail",
+                 val_fraction: float = 0.1, data_dir: str | None = None, cache_dir: str | None = None,
+                 checksums: dict[str, str] | None = None, urls: dict[str, str] | None = None):
+        from lmpretrain.paths import cache_root, data_root
+        from lmpretrain.tokenizers.build import TokenizerConfig  # the tokenizers import is not free
+
+        if split not in ("tail", "hash"):
+            raise ConfigError(f"data.split={split!r} must be 'tail' or 'hash'")
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={val_fraction} must be in (0, 1)")
+        self.files, self.field, self.split, self.val_fraction = list(files), field, split, val_fraction
+        self.tokenizer = TokenizerConfig(**dict(tokenizer or {}))
+        self.data_dir = Path(data_dir) if data_dir else data_root()
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
+        self.checksums, self.urls = dict(checksums or {}), dict(urls or {})
+
+    @classmethod
+    def from_config(cls, files: list[str], tokenizer, settings: dict, **defaults) -> TextCorpus:
+        """From a DataModule's remaining keyword arguments; an unknown key is a one-line error."""
+        if unknown := sorted(set(settings) - set(cls.KEYS)):
+            raise ConfigError(f"data has unknown key(s) {unknown}; valid corpus keys: {list(cls.KEYS)}")
+        return cls(files, tokenizer, **{**defaults, **settings})
+
+    def open(self):
+        """Resolve the files and load (or train and cache) their tokenizer.
+
+        Returns (TextSource, corpus fingerprint, tokenizer). The tokenizer is trained on the training
+        split's text, so the field and split settings are part of the fingerprint, not only the files.
+        """
+        from lmpretrain.tokenizers.build import load_or_train_tokenizer
+
+        paths = resolve_files(self.files, self.data_dir, self.cache_dir, self.checksums, self.urls)
+        source = TextSource(paths, self.field, self.split, self.val_fraction)
+        fingerprint = corpus_fingerprint(paths, self.field, self.split, self.val_fraction)
+        tokenizer, _ = load_or_train_tokenizer(
+            self.tokenizer, lambda: source.texts("train"), fingerprint, self.cache_dir / "tokenizers"
+        )
+        return source, fingerprint, tokenizer

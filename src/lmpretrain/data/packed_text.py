@@ -15,11 +15,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lmpretrain.config import to_dict
-from lmpretrain.data.corpus import SPLITS, open_corpus
+from lmpretrain.data.corpus import SPLITS, TextCorpus
 from lmpretrain.data.packed_blocks import PackedBlocksDataModule, token_dtype, write_token_file
 from lmpretrain.errors import ConfigError, DataError
-from lmpretrain.paths import cache_root, data_root
-from lmpretrain.tokenizers.build import TokenizerConfig, tokenizer_fingerprint
+from lmpretrain.tokenizers.build import tokenizer_fingerprint
 
 
 def read_meta(path: Path) -> dict | None:
@@ -30,61 +29,38 @@ def read_meta(path: Path) -> dict | None:
 
 
 class PackedTextDataModule(PackedBlocksDataModule):
-    def __init__(
-        self,
-        files: list[str],
-        tokenizer: dict | None = None,
-        block_size: int = 256,
-        batch_size: int = 12,
-        field: str = "text",
-        split: str = "tail",
-        val_fraction: float = 0.1,
-        num_workers: int = 0,
-        seed: int = 0,
-        data_dir: str | None = None,
-        cache_dir: str | None = None,
-        checksums: dict[str, str] | None = None,
-        urls: dict[str, str] | None = None,
-    ):
+    """`corpus`: the `TextCorpus` keys (field, split, val_fraction, data_dir, cache_dir, checksums, urls)."""
+
+    def __init__(self, files: list[str], tokenizer: dict | None = None, block_size: int = 256, batch_size: int = 12,
+                 num_workers: int = 0, seed: int = 0, **corpus):
         super().__init__(block_size, batch_size, num_workers, seed)
-        if split not in ("tail", "hash"):
-            raise ConfigError(f"data.split={split!r} must be 'tail' or 'hash'")
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction={val_fraction} must be in (0, 1)")
-        self.files, self.field, self.split, self.val_fraction = list(files), field, split, val_fraction
-        self.tokenizer_cfg = TokenizerConfig(**to_dict(tokenizer))  # plain lists: Hydra passes ListConfigs
-        self.data_dir = Path(data_dir) if data_dir else data_root()
-        self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
-        self.checksums, self.urls = dict(checksums or {}), dict(urls or {})
+        self.corpus = TextCorpus.from_config(files, to_dict(tokenizer), corpus)  # plain values: Hydra passes ListConfigs
         self.token_files: dict[str, Path] = {}
 
     @property
     def eos_id(self) -> int | None:
-        eos = self.tokenizer_cfg.eos_token
+        eos = self.corpus.tokenizer.eos_token
         return None if eos is None else self.tokenizer.token_to_id(eos)
 
     def prepare_data(self) -> None:
         """Idempotent and cached: a second call (or a second rank) only opens the cache."""
         if self.token_files:
             return
-        source, fingerprint, self.tokenizer = open_corpus(
-            self.files, self.field, self.split, self.val_fraction, self.tokenizer_cfg, self.data_dir, self.cache_dir,
-            self.checksums, self.urls,
-        )
+        source, fingerprint, self.tokenizer = self.corpus.open()
         paths = source.paths
-        if self.tokenizer_cfg.eos_token is not None and self.eos_id is None:
+        if self.corpus.tokenizer.eos_token is not None and self.eos_id is None:
             raise ConfigError(
-                f"tokenizer has no {self.tokenizer_cfg.eos_token!r} token; set tokenizer.eos_token to one it has, or null"
+                f"tokenizer has no {self.corpus.tokenizer.eos_token!r} token; set tokenizer.eos_token to one it has, or null"
             )
         self.dtype = token_dtype(self.tokenizer.get_vocab_size())
         key = hashlib.sha256(
             json.dumps(
                 [fingerprint, tokenizer_fingerprint(self.tokenizer),
-                 self.eos_id, asdict(self.tokenizer_cfg)],
+                 self.eos_id, asdict(self.corpus.tokenizer)],
                 sort_keys=True,
             ).encode()
         ).hexdigest()[:16]
-        folder = self.cache_dir / "tokens" / key
+        folder = self.corpus.cache_dir / "tokens" / key
         meta_path = folder / "meta.json"
         meta = read_meta(meta_path)
         if meta is None:

@@ -33,13 +33,12 @@ import numpy as np
 import torch
 
 from lmpretrain.config import to_dict
-from lmpretrain.data.corpus import SPLITS, TextSource, fields_by_hash, open_corpus
+from lmpretrain.data.corpus import SPLITS, TextCorpus, TextSource, fields_by_hash
 from lmpretrain.data.readers import Keys
 from lmpretrain.data.sentences import sentence_ends
 from lmpretrain.data.streaming import ShardedStream, StreamingDataModule, take_rank
 from lmpretrain.errors import ConfigError, DataError
-from lmpretrain.paths import cache_root, data_root
-from lmpretrain.tokenizers.build import TokenizerConfig, tokenizer_fingerprint
+from lmpretrain.tokenizers.build import tokenizer_fingerprint
 
 EXAMPLES = ("nsp", "sop", "texts")
 ENCODE_BATCH = 1024  # texts per tokenizer call while a split streams into its cache
@@ -146,28 +145,12 @@ class PairExamples(ShardedStream):
 class SentencePairDataModule(StreamingDataModule):
     collate_fn = staticmethod(trim_padding)
 
-    def __init__(
-        self,
-        files: list[str],
-        examples: str = "sop",
-        tokenizer: dict | None = None,
-        block_size: int = 128,
-        batch_size: int = 32,
-        field: str = "text",
-        field_b: str | None = None,
-        split: str = "hash",
-        val_fraction: float = 0.05,
-        max_documents: int | None = None,
-        cls_token: str = "[CLS]",
-        sep_token: str = "[SEP]",
-        pad_token: str = "[PAD]",
-        num_workers: int = 0,
-        seed: int = 0,
-        data_dir: str | None = None,
-        cache_dir: str | None = None,
-        checksums: dict[str, str] | None = None,
-        urls: dict[str, str] | None = None,
-    ):
+    def __init__(self, files: list[str], examples: str = "sop", tokenizer: dict | None = None, block_size: int = 128,
+                 batch_size: int = 32, field_b: str | None = None, max_documents: int | None = None,
+                 cls_token: str = "[CLS]", sep_token: str = "[SEP]", pad_token: str = "[PAD]", num_workers: int = 0,
+                 seed: int = 0, **corpus):
+        """`corpus`: the `TextCorpus` keys (field, split, val_fraction, data_dir, cache_dir, checksums,
+        urls); here the split defaults to a per-document hash, 5% for validation."""
         super().__init__(block_size, batch_size, num_workers, seed)
         if examples not in EXAMPLES:
             raise ConfigError(f"data.examples={examples!r} must be one of {EXAMPLES}")
@@ -175,22 +158,17 @@ class SentencePairDataModule(StreamingDataModule):
             raise ConfigError(f"data.field_b is for data.examples=texts (SimCSE pairs), not {examples}; unset it")
         if block_size < 8:
             raise ConfigError(f"data.block_size={block_size} is too short for [CLS] A [SEP] B [SEP]")
-        self.files, self.examples, self.field, self.field_b = list(files), examples, field, field_b
-        self.split, self.val_fraction, self.max_documents = split, val_fraction, max_documents
-        self.tokenizer_cfg = TokenizerConfig(**to_dict(tokenizer))  # plain lists: Hydra passes ListConfigs
+        # plain values: Hydra passes ListConfigs
+        self.corpus = TextCorpus.from_config(files, to_dict(tokenizer), corpus, split="hash", val_fraction=0.05)
+        self.examples, self.field_b, self.max_documents = examples, field_b, max_documents
         self.special = {"cls": cls_token, "sep": sep_token, "pad": pad_token}
-        self.data_dir = Path(data_dir) if data_dir else data_root()
-        self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
-        self.checksums, self.urls = dict(checksums or {}), dict(urls or {})
         self.docs: dict[str, TokenizedDocs] = {}
         self.docs_b: dict[str, TokenizedDocs | None] = {}
 
     def prepare_data(self) -> None:
         if self.docs:
             return
-        source, fingerprint, self.tokenizer = open_corpus(
-            self.files, self.field, self.split, self.val_fraction, self.tokenizer_cfg, self.data_dir, self.cache_dir,
-            self.checksums, self.urls)
+        source, fingerprint, self.tokenizer = self.corpus.open()
         paths = source.paths
         self.ids = {}
         for role, token in self.special.items():
@@ -199,11 +177,11 @@ class SentencePairDataModule(StreamingDataModule):
                                   f"or list {token!r} in tokenizer.special_tokens")
             self.ids[role] = tid
         key = hashlib.sha256(json.dumps(
-            [fingerprint, tokenizer_fingerprint(self.tokenizer), self.field, self.field_b, self.split,
-             self.val_fraction, self.max_documents, self.examples == "texts", asdict(self.tokenizer_cfg)],
+            [fingerprint, tokenizer_fingerprint(self.tokenizer), self.corpus.field, self.field_b, self.corpus.split,
+             self.corpus.val_fraction, self.max_documents, self.examples == "texts", asdict(self.corpus.tokenizer)],
             sort_keys=True).encode()).hexdigest()[:16]
         for part in SPLITS:
-            folder = self.cache_dir / "pairs" / key / part
+            folder = self.corpus.cache_dir / "pairs" / key / part
             if not (folder / "meta.json").is_file():
                 self._tokenize(source, paths, part, folder)
             docs = TokenizedDocs.open(folder)
@@ -212,14 +190,14 @@ class SentencePairDataModule(StreamingDataModule):
                 docs = docs.with_min_sentences(2)
             self.docs[part] = docs
             if len(docs) < 2:
-                raise DataError(f"the {part} split of {self.files} has {len(docs)} usable documents "
+                raise DataError(f"the {part} split of {self.corpus.files} has {len(docs)} usable documents "
                                 f"(examples={self.examples} needs >= 2{' with >= 2 sentences' if self.examples != 'texts' else ''}); "
                                 f"use a bigger corpus or raise data.val_fraction")
 
     def _texts(self, source: TextSource, paths: list[Path], part: str) -> Iterator[tuple[str, str | None]]:
         """(text, text_b or None) of split `part`, lazily, at most `max_documents` of them."""
         if self.field_b:
-            records = fields_by_hash(paths, (self.field, self.field_b), self.val_fraction, part,
+            records = fields_by_hash(paths, (self.corpus.field, self.field_b), self.corpus.val_fraction, part,
                                      Keys(field="data.field(_b)"))
         else:
             records = ((text, None) for text in source.texts(part))
