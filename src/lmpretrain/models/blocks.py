@@ -25,22 +25,29 @@ ACTIVATIONS = {
 }
 
 
-def check_layer_config(cfg) -> None:
-    """The checks every model config shares (width, heads, positions, activation, dropout), all
-    problems reported at once as one ConfigError naming the keys."""
-    problems = []
-    if cfg.n_embd % cfg.n_head:
-        problems.append(f"model.n_embd={cfg.n_embd} must be divisible by model.n_head={cfg.n_head}")
-    if cfg.position not in POSITIONS:
-        problems.append(f"model.position={cfg.position!r} must be one of {POSITIONS}")
-    elif cfg.position == "rotary" and (cfg.n_embd // cfg.n_head) % 2:
-        problems.append("model.position=rotary needs an even head size (n_embd / n_head)")
-    if cfg.activation not in ACTIVATIONS:
-        problems.append(f"model.activation={cfg.activation!r} must be one of {sorted(ACTIVATIONS)}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        problems.append(f"model.dropout={cfg.dropout} must be in [0, 1)")
-    if problems:
-        raise ConfigError("; ".join(problems))
+class LayerConfig:
+    """What the three network configs (dataclasses with n_embd, n_head, position, activation,
+    dropout fields) share: the checks run on construction, all problems reported at once as one
+    ConfigError naming the keys, and the per-head width."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.n_embd % self.n_head:
+            problems.append(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
+        if self.position not in POSITIONS:
+            problems.append(f"model.position={self.position!r} must be one of {POSITIONS}")
+        elif self.position == "rotary" and (self.n_embd // self.n_head) % 2:
+            problems.append("model.position=rotary needs an even head size (n_embd / n_head)")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"model.activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"model.dropout={self.dropout} must be in [0, 1)")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
 
 
 def init_weights(module: nn.Module) -> None:
@@ -50,6 +57,21 @@ def init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
+
+
+def add_token_embeddings(model: nn.Module) -> Rotary | None:
+    """Give `model` (configured by `model.config`) its token embedding `tok_emb` and, for
+    `position=sinusoidal`, the fixed `pos_table`; return the rotary table its blocks share when
+    `position=rotary` (else None). Learned position tables stay with each network (the
+    encoder-decoder has one per stack) and are created right after this call, so parameters are
+    drawn from the random stream in the same order in every network."""
+    c = model.config
+    if c.vocab_size <= 0:
+        raise ConfigError("model.vocab_size is unset; it comes from the tokenizer (build via train())")
+    model.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
+    if c.position == "sinusoidal":
+        model.register_buffer("pos_table", sinusoidal_table(c.block_size, c.n_embd), persistent=False)
+    return Rotary(c.head_dim, c.block_size) if c.position == "rotary" else None
 
 
 def embed_tokens(

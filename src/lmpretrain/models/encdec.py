@@ -13,20 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lmpretrain.errors import ConfigError
-from lmpretrain.models.blocks import (
-    Block,
-    Rotary,
-    check_layer_config,
-    embed_tokens,
-    init_weights,
-    sinusoidal_table,
-)
+from lmpretrain.models.blocks import Block, LayerConfig, add_token_embeddings, embed_tokens, init_weights
 from lmpretrain.models.encoder import padding_mask
 
 
 @dataclass
-class EncoderDecoderConfig:
+class EncoderDecoderConfig(LayerConfig):
     vocab_size: int = 0  # 0 = taken from the tokenizer at build time
     block_size: int = 128  # longest encoder or decoder sequence
     n_layer: int = 2  # encoder layers
@@ -41,7 +33,7 @@ class EncoderDecoderConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        check_layer_config(self)
+        super().__post_init__()
         if self.n_decoder_layer is None:
             self.n_decoder_layer = self.n_layer
 
@@ -49,16 +41,11 @@ class EncoderDecoderConfig:
 class EncoderDecoder(nn.Module):
     def __init__(self, config: EncoderDecoderConfig):
         super().__init__()
-        if config.vocab_size <= 0:
-            raise ConfigError("model.vocab_size is unset; it comes from the tokenizer (build via train())")
         self.config = c = config
-        self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
+        rotary = add_token_embeddings(self)
         learned = c.position == "learned"
         self.enc_pos = nn.Embedding(c.block_size, c.n_embd) if learned else None
         self.dec_pos = nn.Embedding(c.block_size, c.n_embd) if learned else None
-        if c.position == "sinusoidal":
-            self.register_buffer("pos_table", sinusoidal_table(c.block_size, c.n_embd), persistent=False)
-        rotary = Rotary(c.n_embd // c.n_head, c.block_size) if c.position == "rotary" else None
         self.drop = nn.Dropout(c.dropout)
 
         def block(cross: bool) -> Block:

@@ -13,21 +13,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lmpretrain.errors import ConfigError
 from lmpretrain.models.blocks import (
     ACTIVATIONS,
     Block,
-    Rotary,
-    check_layer_config,
+    LayerConfig,
+    add_token_embeddings,
     embed_tokens,
     init_weights,
-    sinusoidal_table,
 )
 from lmpretrain.models.pooling import pool
 
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(LayerConfig):
     vocab_size: int = 0  # 0 = taken from the tokenizer at build time
     block_size: int = 128  # longest sequence the positions cover (BERT: max_position_embeddings)
     n_layer: int = 2
@@ -43,12 +41,6 @@ class EncoderConfig:
     activation: str = "gelu"  # gelu | gelu_tanh | relu
     tie_embeddings: bool = True
 
-    def __post_init__(self) -> None:
-        check_layer_config(self)
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
 
 
 def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -75,15 +67,10 @@ class MLMHead(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
-        if config.vocab_size <= 0:
-            raise ConfigError("model.vocab_size is unset; it comes from the tokenizer (build via train())")
         self.config = c = config
-        self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
+        rotary = add_token_embeddings(self)
         self.pos_emb = nn.Embedding(c.block_size, c.n_embd) if c.position == "learned" else None
-        if c.position == "sinusoidal":
-            self.register_buffer("pos_table", sinusoidal_table(c.block_size, c.n_embd), persistent=False)
         self.seg_emb = nn.Embedding(c.type_vocab_size, c.n_embd) if c.type_vocab_size else None
-        rotary = Rotary(c.head_dim, c.block_size) if c.position == "rotary" else None
         # Post-norm normalizes the summed embeddings (BERT); pre-norm normalizes the output instead.
         self.emb_norm = None if c.pre_norm else nn.LayerNorm(c.n_embd, eps=c.norm_eps)
         self.drop = nn.Dropout(c.dropout)

@@ -12,19 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmpretrain.errors import ConfigError
-from lmpretrain.models.blocks import (
-    Block,
-    Rotary,
-    check_layer_config,
-    embed_tokens,
-    init_weights,
-    sinusoidal_table,
-)
+from lmpretrain.models.blocks import Block, LayerConfig, add_token_embeddings, embed_tokens, init_weights
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(LayerConfig):
     vocab_size: int = 0  # 0 = taken from the tokenizer at build time
     block_size: int = 256  # longest sequence (context) the positions cover
     n_layer: int = 4
@@ -37,25 +29,14 @@ class GPTConfig:
     tie_embeddings: bool = True
     activation: str = "gelu"  # gelu | gelu_tanh (GPT-2's own weights) | relu
 
-    def __post_init__(self) -> None:
-        check_layer_config(self)
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
 
 
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        if config.vocab_size <= 0:
-            raise ConfigError("model.vocab_size is unset; it comes from the tokenizer (build via train())")
         self.config = c = config
-        self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
+        rotary = add_token_embeddings(self)
         self.pos_emb = nn.Embedding(c.block_size, c.n_embd) if c.position == "learned" else None
-        if c.position == "sinusoidal":
-            self.register_buffer("pos_table", sinusoidal_table(c.block_size, c.n_embd), persistent=False)
-        rotary = Rotary(c.head_dim, c.block_size) if c.position == "rotary" else None
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
             Block(c.n_embd, c.n_head, c.dropout, c.bias, c.mlp_ratio, rotary=rotary, activation=c.activation)

@@ -1,4 +1,4 @@
-"""One pooling function: (B, T, C) hidden states -> (B, C), for every head that reads a sequence as one vector."""
+"""One pooling function, (B, T, C) hidden states -> (B, C), for every head that reads a sequence whole."""
 
 from __future__ import annotations
 
