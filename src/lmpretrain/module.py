@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from lmpretrain.distributed.parallel import clip_grad_norm_
 from lmpretrain.errors import TrainingDivergedError
@@ -41,36 +39,37 @@ class RuntimeOptions:
     loss_chunk_tokens: int = 4096
 
 
-def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(hidden @ weight.T, labels, ignore_index=-100, reduction="sum")
-
-
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Mean cross-entropy of `hidden @ weight.T` against labels (-100 ignored), `chunk` rows at a time.
-
-    hidden: (N, C); weight: (V, C); labels: (N,). Peak extra memory is one (chunk, V) logits block:
-    each chunk is recomputed in backward rather than stored.
-    """
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.size(0), chunk):
-        h, y = hidden[start : start + chunk], labels[start : start + chunk]
-        total = total + checkpoint(_chunk_loss_sum, h, weight, y, use_reentrant=False).float()
-    return total / (labels != -100).sum().clamp(min=1)
-
-
 class LMModule(L.LightningModule):
+    """The base of every pretraining objective and downstream task.
+
+    Built in two steps, both explicit: the constructor takes the plain config values that are saved
+    as hyperparameters (model, optimizer, schedule, ...); `connect(tokenizer_json, runtime)` hands
+    over what the run decides at run time: the tokenizer (saved inside every checkpoint, so
+    generation and evaluation need nothing but the .ckpt file) and the runtime options (how the
+    network runs, never a hyperparameter). `lmpretrain.run` calls it once; loading a checkpoint
+    calls it with the checkpoint's tokenizer.
+    """
+
     network: torch.nn.Module
-    uses_every_parameter = True  # see Task.uses_every_parameter
+    # Whether every parameter of the network gets a gradient each step; DDP must otherwise look for
+    # unused ones (strategy=ddp resolves `find_unused_parameters: auto` from this).
+    uses_every_parameter = True
 
     def __init__(self, optimizer: dict | None = None, scheduler: dict | None = None):
         super().__init__()
         self.optimizer_cfg = dict(optimizer or {"name": "adamw", "lr": 1e-3})
         self.scheduler_cfg = dict(scheduler or {"name": "constant"})
-        # The tokenizer as a `tokenizer.json` string: saved in every checkpoint so generation and
-        # evaluation need nothing but the .ckpt file.
         self.tokenizer_json: str | None = None
-        self.runtime = RuntimeOptions()  # train.build() sets it from cfg.runtime
+        self.runtime = RuntimeOptions()
         self._model_configured = False
+
+    def connect(self, tokenizer_json: str | None = None, runtime: RuntimeOptions | None = None) -> None:
+        """Hand the module its tokenizer and runtime options (see the class docstring); a subclass
+        that needs token ids (e.g. [MASK]) extends it to resolve them."""
+        if runtime is not None:
+            self.runtime = runtime
+        if tokenizer_json is not None:
+            self.tokenizer_json = tokenizer_json
 
     def configure_model(self) -> None:
         """Checkpointing, then sharding (when the strategy shards), then compile; once per module."""
@@ -132,8 +131,15 @@ class LMModule(L.LightningModule):
                 f"trainer.gradient_clip_val, then resume from the last good checkpoint (ckpt_path=...)"
             )
 
+    def log_train_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """Stop on a NaN/inf loss, log `train/loss`, return it (what every `training_step` ends with)."""
+        self.check_finite(loss)
+        # sync_dist: the mean over all ranks, i.e. the loss of the global batch (a no-op on one process).
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        return loss
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer_json"] = self.tokenizer_json
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.tokenizer_json = checkpoint.get("tokenizer_json")
+        self.connect(tokenizer_json=checkpoint.get("tokenizer_json"))
