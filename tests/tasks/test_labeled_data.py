@@ -143,3 +143,24 @@ def test_augmentation_rewrites_training_texts_reproducibly_and_leaves_validation
     assert torch.equal(batches(plain, "val", n=1)[0]["input_ids"], batches(aug, "val", n=1)[0]["input_ids"])
     with pytest.raises(ConfigError, match="data.augment rewrites words"):
         LabeledDataModule("token_classification", NER, augment={"p_delete": 0.1})
+
+
+def test_label_unseen_in_training_is_reported_before_training_with_file_and_line(tmp_path):
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train.write_text('{"text": "a b", "label": "x"}\n{"text": "c d", "label": "y"}\n')
+    val.write_text('{"text": "a", "label": "x"}\n\n{"text": "b", "label": "z"}\n')
+    dm = LabeledDataModule("classification", {"train": str(train), "val": str(val)}, tokenizer=WORDPIECE,
+                           cache_dir=str(tmp_path / "c"))
+    with pytest.raises(DataError, match=rf"{val}:3: label\(s\) \['z'\] not in the training split"):
+        dm.prepare_data()
+    listed = LabeledDataModule("classification", {"train": str(train), "val": str(train)}, labels=["x"],
+                               tokenizer=WORDPIECE, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(DataError, match=rf"{train}:2: label\(s\) \['y'\] not in data.labels"):
+        listed.prepare_data()
+    conll_train, conll_val = tmp_path / "t.conll", tmp_path / "v.conll"
+    conll_train.write_text("a\tO\nb\tB-x\n\nc\tO\n")
+    conll_val.write_text("a\tO\n\nb\tO\nc\tB-new\n")
+    ner = LabeledDataModule("token_classification", {"train": str(conll_train), "val": str(conll_val)},
+                            tokenizer=WORDPIECE, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(DataError, match=rf"{conll_val}:3: label\(s\) \['B-new'\] not in the training split"):
+        ner.prepare_data()

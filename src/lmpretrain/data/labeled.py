@@ -24,7 +24,7 @@ import torch
 
 from lmpretrain.config import to_dict
 from lmpretrain.data.corpus import resolve_files
-from lmpretrain.data.readers import read_records
+from lmpretrain.data.readers import read_numbered_records, read_records
 from lmpretrain.data.streaming import ShardedStream, StreamingDataModule, take_rank
 from lmpretrain.errors import ConfigError, DataError
 from lmpretrain.paths import cache_root, data_root
@@ -204,17 +204,30 @@ class LabeledDataModule(StreamingDataModule):
             fingerprint = corpus_fingerprint([self.paths["train"]], self.family, self.text_field, self.text_b_field)
             self.tokenizer, _ = load_or_train_tokenizer(cfg, lambda: self.texts("train"), fingerprint,
                                                         self.cache_dir / "tokenizers")
-        if self.labels is None:
-            key = "tags" if self.family == "token_classification" else self.label_field
-            found: set[str] = set()
-            for lineno, record in enumerate(read_records(self.paths["train"]), start=1):
-                if key not in record:
-                    raise DataError(f"{self.paths['train']}: record {lineno} has no field {key!r}; set data.label_field")
-                found.update(record[key] if self.family == "token_classification" else [str(record[key])])
-            if not found:
-                raise DataError(f"{self.paths['train']} has no labelled records")
-            self.labels = sorted(found)
+        self.labels = self._scan_labels()
         self._special()
+
+    def _scan_labels(self) -> list[str]:
+        """The label names (listed in data.labels, else every label of the training split, sorted),
+        after checking that every record of every split has a known label: a label that training
+        never saw is reported now, naming its file and line, not after training."""
+        key = "tags" if self.family == "token_classification" else self.label_field
+        known = set(self.labels or [])
+        for part in sorted(self.paths, key=SPLITS.index):  # train first: it defines the labels
+            path = self.paths[part]
+            for lineno, record in read_numbered_records(path):
+                if not isinstance(record, dict) or key not in record:
+                    raise DataError(f"{path}:{lineno}: no field {key!r}; set data.label_field")
+                values = [str(v) for v in record[key]] if self.family == "token_classification" else [str(record[key])]
+                if part == "train" and self.labels is None:
+                    known.update(values)
+                elif unknown := sorted(set(values) - known):
+                    where = "data.labels" if self.labels is not None else f"the training split ({self.paths['train']})"
+                    raise DataError(f"{path}:{lineno}: label(s) {unknown} not in {where}; list every label in "
+                                    f"data.labels or fix the record")
+            if part == "train" and not known:
+                raise DataError(f"{path} has no labelled records")
+        return list(self.labels) if self.labels is not None else sorted(known)
 
     def _special(self) -> None:
         tok = self.tokenizer

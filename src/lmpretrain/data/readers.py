@@ -164,32 +164,38 @@ def read_fields(path: Path, fields: Sequence[str], keys: Keys = DATA, on_bad: On
             _bad(f"{path}:{lineno}", problem, on_bad)
 
 
-def read_conll(path: Path, keys: Keys = DATA) -> Iterator[dict]:
-    """The sentences of a CoNLL file as {"tokens": [...], "tags": [...]}."""
+def read_conll(path: Path, keys: Keys = DATA) -> Iterator[tuple[int, dict]]:
+    """(first line number, sentence) of a CoNLL file, a sentence as {"tokens": [...], "tags": [...]}."""
     tokens: list[str] = []
     tags: list[str] = []
+    first = 1
     for lineno, line in read_lines(path, keys):
         line = line.rstrip("\r\n")
         if not line.strip():
             if tokens:
-                yield {"tokens": tokens, "tags": tags}
+                yield first, {"tokens": tokens, "tags": tags}
             tokens, tags = [], []
             continue
         parts = line.split("\t")
         if len(parts) != 2:
             raise DataError(f"{path}:{lineno}: a CoNLL line must be token<TAB>tag, got {line[:60]!r}")
+        if not tokens:
+            first = lineno
         tokens.append(parts[0])
         tags.append(parts[1])
     if tokens:
-        yield {"tokens": tokens, "tags": tags}
+        yield first, {"tokens": tokens, "tags": tags}
+
+
+def read_numbered_records(path: Path, keys: Keys = DATA) -> Iterator[tuple[int, object]]:
+    """(line number, record) of one file in order: jsonl values, or CoNLL sentences as
+    {"tokens", "tags"} numbered by their first line."""
+    return read_conll(path, keys) if is_conll(path) else read_jsonl(path, keys)
 
 
 def read_records(path: Path, keys: Keys = DATA) -> Iterator:
-    """The records of one file in order: jsonl values, or CoNLL sentences as {"tokens", "tags"}."""
-    if is_conll(path):
-        yield from read_conll(path, keys)
-    else:
-        yield from (record for _, record in read_jsonl(path, keys))
+    """The records of one file in order (`read_numbered_records` without the line numbers)."""
+    return (record for _, record in read_numbered_records(path, keys))
 
 
 def read_hf(path: str, split: str, kwargs: dict, setting: str) -> Iterator[tuple[str, object]]:
