@@ -75,22 +75,43 @@ def add_token_embeddings(model: nn.Module) -> Rotary | None:
 
 
 def embed_tokens(
-    model: nn.Module, ids: torch.Tensor, learned: nn.Embedding | None = None
+    model: nn.Module,
+    ids: torch.Tensor,
+    learned: nn.Embedding | None = None,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ids (B, T) -> token embeddings plus absolute positions (B, T, C), for any of the networks.
 
     `learned` is the model's position table (the encoder-decoder has one per stack); a model with
     `position=sinusoidal` adds its fixed `pos_table`; rotary positions act inside attention instead.
+    `positions` ((T,) or (B, T), each < block_size) replaces 0..T-1: decoding with a cache starts
+    after the cached tokens, and left-padded rows start their real tokens at 0.
     """
     T, block_size = ids.size(1), model.config.block_size
-    if T > block_size:
+    if positions is None and T > block_size:
         raise ValueError(f"sequence length {T} exceeds model.block_size={block_size}")
     x = model.tok_emb(ids)  # (B, T, C)
+    if positions is not None:
+        if learned is not None:
+            return x + learned(positions)
+        if model.config.position == "sinusoidal":
+            return x + model.pos_table[positions].to(x.dtype)
+        return x
     if learned is not None:
         return x + learned(torch.arange(T, device=ids.device))
     if model.config.position == "sinusoidal":
         return x + model.pos_table[:T].to(x.dtype)
     return x
+
+
+def cache_positions(cache: KVCache | None, T: int, block_size: int, device) -> torch.Tensor | None:
+    """Positions of T tokens that follow the cached ones (None without a cache: 0..T-1)."""
+    if cache is None:
+        return None
+    start = cache.length
+    if start + T > block_size:
+        raise ValueError(f"sequence length {start + T} exceeds model.block_size={block_size}")
+    return torch.arange(start, start + T, device=device)
 
 
 def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
@@ -114,13 +135,81 @@ class Rotary(nn.Module):
         self.register_buffer("cos", freqs.cos(), persistent=False)
         self.register_buffer("sin", freqs.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, nh, T, hs) -> same shape, each (even, odd) pair rotated by its position's angle."""
-        T = x.size(-2)
-        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, nh, T, hs) -> same shape, each (even, odd) pair rotated by its position's angle.
+        positions: (T,) or (B, T); None = 0..T-1."""
+        if positions is None:
+            T = x.size(-2)
+            cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+        else:
+            cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)
+            if positions.dim() == 2:  # (B, T, hs/2) -> (B, 1, T, hs/2): the same for every head
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         x1, x2 = x[..., 0::2], x[..., 1::2]
         out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
         return out.flatten(-2)
+
+
+class AttentionCache:
+    """The keys and values one attention layer has computed: k, v (B, heads, length, head_dim),
+    rotary already applied. Self-attention appends each step's; cross-attention fills it once from
+    the encoder output and reuses it."""
+
+    __slots__ = ("k", "v")
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.size(-2)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add this step's keys and values (B, heads, T, hs); return all of them so far."""
+        if self.k is not None:
+            k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
+        self.k, self.v = k, v
+        return k, v
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows `index` (beam search: each surviving beam takes its parent's keys)."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+class LayerCache:
+    """One block's caches: its self-attention and (encoder-decoder) its cross-attention."""
+
+    __slots__ = ("attn", "cross")
+
+    def __init__(self, cross: bool = False) -> None:
+        self.attn = AttentionCache()
+        self.cross = AttentionCache() if cross else None
+
+
+class KVCache:
+    """Keys and values of every block of a decoder stack, for decoding one token at a time.
+
+    `layers[i]` is block i's `LayerCache`; `length` is how many positions are cached (the same in
+    every layer), so the next token's position is `length`. Create an empty one per generation call
+    (`KVCache(n_layer, cross=...)`) and pass it to every forward of that call.
+    """
+
+    def __init__(self, n_layer: int, cross: bool = False) -> None:
+        self.layers = [LayerCache(cross) for _ in range(n_layer)]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].attn.length if self.layers else 0
+
+    def reorder(self, index: torch.Tensor, cross: bool = True) -> None:
+        """Keep rows `index` of every cache. `cross=False` leaves the cross-attention keys alone:
+        right when `index` only moves rows among the beams of one source (they share them)."""
+        for layer in self.layers:
+            layer.attn.reorder(index)
+            if cross and layer.cross is not None:
+                layer.cross.reorder(index)
 
 
 class Attention(nn.Module):
@@ -152,13 +241,45 @@ class Attention(nn.Module):
         kv: torch.Tensor | None = None,
         causal: bool = False,
         mask: torch.Tensor | None = None,
+        cache: AttentionCache | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: (B, T, C); kv: (B, S, C) or None; mask: bool (B, 1, T|1, S), True = may attend."""
+        """x: (B, T, C); kv: (B, S, C) or None; mask: bool (B, 1, T|1, S), True = may attend.
+
+        Decoding: `cache` holds earlier keys and values. Self-attention appends this call's (its
+        queries sit at positions `cache.length`.., or `positions` (T,) / (B, T) when given, e.g.
+        per-row for left-padded prompts); cross-attention computes them from `kv` on the first call
+        and reuses them after. With a causal mask, `mask` marks valid keys (padding) and each query
+        also always sees itself, so a padding query never has an empty row.
+        """
         B, T, _ = x.shape
-        source = x if kv is None else kv
-        q, k, v = self._heads(self.q(x)), self._heads(self.k(source)), self._heads(self.v(source))
+        self_attention = kv is None
+        past = cache.length if cache is not None and self_attention else 0  # keys before these queries
+        if positions is None and past:
+            positions = torch.arange(past, past + T, device=x.device)
+        q = self._heads(self.q(x))
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+            q = self.rotary(q, positions)
+        if not self_attention and cache is not None and cache.k is not None:  # cross-attention, cached
+            k, v = cache.k, cache.v
+        else:
+            source = x if self_attention else kv
+            k, v = self._heads(self.k(source)), self._heads(self.v(source))
+            if self.rotary is not None:
+                k = self.rotary(k, positions if self_attention else None)
+            if cache is not None:
+                k, v = cache.append(k, v)
+        if causal and mask is None and past and T == 1:
+            causal = False  # one new query after the cache: it sees every key
+        elif causal and (mask is not None or past):
+            # Explicit causal mask, aligned so query i (absolute position past + i) sees keys <= it.
+            # Only decoding gets here; training calls take the `is_causal` kernel path below.
+            i = torch.arange(past, past + T, device=x.device)[:, None]
+            j = torch.arange(k.size(-2), device=x.device)[None, :]
+            allowed = j <= i  # (T, S)
+            if mask is not None:
+                allowed = allowed & (mask | (j == i))
+            mask, causal = allowed, False
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )  # (B, nh, T, hs)
@@ -210,8 +331,14 @@ class Block(nn.Module):
     def _sublayer(self, x, norm, fn):
         return x + fn(norm(x)) if self.pre_norm else norm(x + fn(x))
 
-    def forward(self, x, causal=False, mask=None, memory=None, memory_mask=None):
-        x = self._sublayer(x, self.norm1, lambda h: self.attn(h, causal=causal, mask=mask))
+    def forward(self, x, causal=False, mask=None, memory=None, memory_mask=None,
+                cache: LayerCache | None = None, positions: torch.Tensor | None = None):
+        """`cache` / `positions`: decoding only (see `Attention.forward`); None = training."""
+        self_cache = None if cache is None else cache.attn
+        x = self._sublayer(x, self.norm1, lambda h: self.attn(h, causal=causal, mask=mask, cache=self_cache,
+                                                              positions=positions))
         if self.cross_attn is not None:
-            x = self._sublayer(x, self.cross_norm, lambda h: self.cross_attn(h, kv=memory, mask=memory_mask))
+            cross_cache = None if cache is None else cache.cross
+            x = self._sublayer(x, self.cross_norm,
+                               lambda h: self.cross_attn(h, kv=memory, mask=memory_mask, cache=cross_cache))
         return self._sublayer(x, self.norm2, self.mlp)

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lmpretrain.models.blocks import Block, LayerConfig, add_token_embeddings, embed_tokens, init_weights
+from lmpretrain.models.blocks import (
+    Block,
+    KVCache,
+    LayerConfig,
+    add_token_embeddings,
+    cache_positions,
+    embed_tokens,
+    init_weights,
+)
 from lmpretrain.models.encoder import padding_mask
 
 
@@ -60,8 +68,12 @@ class EncoderDecoder(nn.Module):
         self.lm_head.weight = self.tok_emb.weight
         self.apply(init_weights)
 
-    def _embed(self, ids: torch.Tensor, pos: nn.Embedding | None) -> torch.Tensor:
-        return self.drop(embed_tokens(self, ids, pos))
+    def _embed(self, ids: torch.Tensor, pos: nn.Embedding | None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        return self.drop(embed_tokens(self, ids, pos, positions))
+
+    def new_cache(self) -> KVCache:
+        """An empty decoder cache (self- and cross-attention keys/values) for one decoding call."""
+        return KVCache(len(self.decoder), cross=True)
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder: input_ids (B, S), attention_mask (B, S) 1 = token -> memory (B, S, C)."""
@@ -71,11 +83,19 @@ class EncoderDecoder(nn.Module):
         return self.enc_norm(x)
 
     def decode(self, decoder_input_ids: torch.Tensor, memory: torch.Tensor,
-               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """decoder_input_ids (B, T), memory (B, S, C) -> logits (B, T, vocab)."""
-        x, memory_mask = self._embed(decoder_input_ids, self.dec_pos), padding_mask(attention_mask)
-        for blk in self.decoder:
-            x = blk(x, causal=True, memory=memory, memory_mask=memory_mask)
+               attention_mask: torch.Tensor | None = None, *, cache: KVCache | None = None) -> torch.Tensor:
+        """decoder_input_ids (B, T), memory (B, S, C) -> logits (B, T, vocab).
+
+        Decoding step by step: `cache` (from `new_cache()`) holds the decoder's keys and values so
+        far and each layer's cross-attention keys/values of `memory` (computed on the first call,
+        reused after); decoder_input_ids are then only the new tokens, placed after the cached ones.
+        """
+        positions = cache_positions(cache, decoder_input_ids.size(1), self.config.block_size,
+                                    decoder_input_ids.device)
+        x, memory_mask = self._embed(decoder_input_ids, self.dec_pos, positions), padding_mask(attention_mask)
+        for i, blk in enumerate(self.decoder):
+            x = blk(x, causal=True, memory=memory, memory_mask=memory_mask,
+                    cache=None if cache is None else cache.layers[i], positions=positions)
         # T5 rescales before the tied head so logits do not grow with sqrt(n_embd).
         return self.lm_head(self.dec_norm(x) * self.config.n_embd**-0.5)
 

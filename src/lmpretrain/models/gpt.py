@@ -12,7 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmpretrain.models.blocks import Block, LayerConfig, add_token_embeddings, embed_tokens, init_weights
+from lmpretrain.models.blocks import (
+    Block,
+    KVCache,
+    LayerConfig,
+    add_token_embeddings,
+    cache_positions,
+    embed_tokens,
+    init_weights,
+)
+from lmpretrain.models.encoder import padding_mask
 
 
 @dataclass
@@ -59,16 +68,33 @@ class GPT(nn.Module):
             n -= self.pos_emb.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: (B, T) token ids -> logits (B, T, vocab)."""
-        return self.lm_head(self.features(idx))
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for one decoding call (`forward(..., cache=)`)."""
+        return KVCache(len(self.blocks))
 
-    def features(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """idx: (B, T) -> final-norm hidden states (B, T, C). Causal, so right padding (the only
-        kind `attention_mask` may describe here) never reaches the real tokens."""
-        x = self.drop(embed_tokens(self, idx, self.pos_emb))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x, causal=True)
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                positions: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """idx: (B, T) token ids -> logits (B, T, vocab). Keywords: see `features`."""
+        return self.lm_head(self.features(idx, attention_mask, positions=positions, cache=cache))
+
+    def features(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 positions: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """idx: (B, T) -> final-norm hidden states (B, T, C).
+
+        Training and fine-tuning: causal, so right padding never reaches the real tokens and
+        `attention_mask` is not needed (it is ignored). Decoding (`models/generation.py`) passes
+        `cache` (keys and values of the tokens before idx, extended in place) and/or `positions`
+        ((T,) or (B, T); default: after the cached tokens); then `attention_mask` (B, cached + T),
+        1 = token, masks the padding of left-padded prompts.
+        """
+        decoding = cache is not None or positions is not None
+        if positions is None:
+            positions = cache_positions(cache, idx.size(1), self.config.block_size, idx.device)
+        mask = padding_mask(attention_mask) if decoding else None
+        x = self.drop(embed_tokens(self, idx, self.pos_emb, positions))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, causal=True, mask=mask, cache=None if cache is None else cache.layers[i],
+                      positions=positions)
         return self.norm(x)
 
     @torch.no_grad()
@@ -80,18 +106,11 @@ class GPT(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Extend idx (B, T) by max_new_tokens. temperature=0 is greedy; top_k keeps the k likeliest."""
-        for _ in range(max_new_tokens):
-            context = idx[:, -self.config.block_size :]
-            logits = self(context)[:, -1, :]  # (B, vocab)
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)
-                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
-            idx = torch.cat((idx, next_id), dim=1)
-        return idx
+        """Extend idx (B, T) by max_new_tokens sampled tokens -> (B, T + max_new_tokens).
+        temperature=0 is greedy; top_k keeps the k likeliest. The full set of strategies (beam,
+        top-p, EOS, padded prompts) is `lmpretrain.models.generation.generate`."""
+        from lmpretrain.models.generation import generate
+
+        new = generate(self, idx, max_new_tokens=max_new_tokens, strategy="sample", temperature=temperature,
+                       top_k=top_k, generator=generator)
+        return torch.cat((idx, new), dim=1)
