@@ -113,21 +113,25 @@ def run_cli(*args, env=None):
 
 
 @pytest.mark.parametrize(
-    "override,message",
+    "override,message,status",
     [
-        ("model.n_layerz=3", "Key 'n_layerz' is not in struct"),
-        ("model=gpt_huge", "Could not find 'model/gpt_huge'"),
-        ("data.files=[missing.txt]", "error: corpus file .*missing.txt does not exist"),
-        ("model.n_head=5", "error: model.n_embd=128 must be divisible by model.n_head=5"),
+        # An unknown key or option: Hydra's own message and exit status (1), before our code runs.
+        ("model.n_layerz=3", "Key 'n_layerz' is not in struct", 1),
+        ("model=gpt_huge", "Could not find 'model/gpt_huge'", 1),
+        # A value that cannot work: one `error: ...` line and exit status 2 (README, "Overrides").
+        ("data.files=[missing.txt]", "error: corpus file .*missing.txt does not exist", 2),
+        ("model.n_head=5", "error: model.n_embd=128 must be divisible by model.n_head=5", 2),
     ],
 )
-def test_cli_bad_input_is_one_message_no_traceback(tmp_path, override, message):
+def test_cli_bad_input_is_one_message_no_traceback(tmp_path, override, message, status):
     r = run_cli("lmpretrain.train", "debug=fast", override, f"hydra.run.dir={tmp_path}")
-    assert r.returncode != 0
+    assert r.returncode == status, r.stderr[-2000:]
     assert "Traceback" not in r.stderr + r.stdout
     import re
 
     assert re.search(message, r.stderr), r.stderr
+    if status == 2:
+        assert re.fullmatch(message + r"[^\n]*", r.stderr.strip()), r.stderr  # that line and nothing else
 
 
 def test_cli_train_then_generate(tmp_path):
