@@ -9,7 +9,8 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 from conftest import DATA
-from lmpretrain.data.labeled import LabeledDataModule, read_records
+from lmpretrain.data.labeled import LabeledDataModule
+from lmpretrain.data.readers import read_records
 from lmpretrain.errors import ConfigError, DataError
 
 WORDPIECE = {"kind": "wordpiece", "vocab_size": 2000, "special_tokens": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
@@ -164,3 +165,24 @@ def test_label_unseen_in_training_is_reported_before_training_with_file_and_line
                             tokenizer=WORDPIECE, cache_dir=str(tmp_path / "c"))
     with pytest.raises(DataError, match=rf"{conll_val}:3: label\(s\) \['B-new'\] not in the training split"):
         ner.prepare_data()
+
+
+def test_one_file_is_split_by_a_hash_of_a_field(tmp_path):
+    """dialogue_chatterbot comes as one file: split_by=prompt sends every pair with the same prompt to
+    the same split, each record to exactly one split, in the configured proportions."""
+    path = DATA / "dialogue_chatterbot.jsonl"
+    one = {"train": str(path), "val": str(path), "test": str(path)}
+    with pytest.raises(ConfigError, match="val_fraction > 0"):
+        LabeledDataModule("classification", one, split_by="prompt", val_fraction=0.5, test_fraction=0.5)
+    dm = LabeledDataModule("classification", one, text_field="prompt", label_field="topic", split_by="prompt",
+                           val_fraction=0.1, test_fraction=0.1, tokenizer=WORDPIECE, cache_dir=str(tmp_path / "c"))
+    dm.prepare_data()
+    parts = {part: list(dm.split_records(part)) for part in ("train", "val", "test")}
+    total = sum(1 for _ in read_records(path))
+    assert sum(map(len, parts.values())) == total == 1243
+    for part, share in (("val", 0.1), ("test", 0.1), ("train", 0.8)):
+        assert abs(len(parts[part]) / total - share) < 0.05, part  # a hash split of ~600 distinct prompts
+    prompts = {part: {r["prompt"] for r in records} for part, records in parts.items()}
+    assert not (prompts["train"] & prompts["val"]) and not (prompts["train"] & prompts["test"])
+    assert not (prompts["val"] & prompts["test"])
+    assert set(dm.labels) == {r["topic"] for r in parts["train"]}

@@ -111,10 +111,22 @@ def _decoded_size(path: Path) -> int:
         return sum(len(chunk) for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
+def hash_fraction(text: str) -> float:
+    """A position in [0, 1) fixed by the text alone: the one rule behind every hash split, so the
+    same text lands in the same split on every machine, in training and in prepare alike."""
+    return (zlib.crc32(text.encode("utf-8")) & 0xFFFFFFFF) / 2**32
+
+
 def in_val_by_hash(text: str, val_fraction: float) -> bool:
-    """Deterministic per-document split: the same text lands in the same split on every machine,
-    in training (`TextSource` with split="hash") and in prepare alike."""
-    return (zlib.crc32(text.encode("utf-8")) & 0xFFFFFFFF) / 2**32 < val_fraction
+    """Per-document train/val split (`TextSource` with split="hash", prepare)."""
+    return hash_fraction(text) < val_fraction
+
+
+def split_by_hash(text: str, val_fraction: float, test_fraction: float = 0.0) -> str:
+    """"val", "test" or "train" for a record keyed by `text`: validation takes the first
+    `val_fraction` of the hash range (as `in_val_by_hash`), test the next `test_fraction`."""
+    h = hash_fraction(text)
+    return "val" if h < val_fraction else "test" if h < val_fraction + test_fraction else "train"
 
 
 def fields_by_hash(paths: list[Path], fields: tuple[str, ...], val_fraction: float, part: str,

@@ -15,6 +15,7 @@ batches already consumed) sees exactly the batches an uninterrupted one would ha
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from collections.abc import Iterator
@@ -23,13 +24,12 @@ from pathlib import Path
 import torch
 
 from lmpretrain.config import to_dict
-from lmpretrain.data.corpus import resolve_files
-from lmpretrain.data.readers import read_numbered_records, read_records
+from lmpretrain.data.corpus import resolve_files, split_by_hash
+from lmpretrain.data.readers import read_numbered_records
 from lmpretrain.data.streaming import ShardedStream, StreamingDataModule, take_rank
 from lmpretrain.errors import ConfigError, DataError
 from lmpretrain.paths import cache_root, data_root
 
-FAMILIES = ("classification", "token_classification")
 SPLITS = ("train", "val", "test")
 
 
@@ -52,16 +52,17 @@ class LabeledExamples(ShardedStream):
     through a seeded buffer shuffle per epoch, epochs chained (training); owned by rank and worker
     as in `data/streaming.py`."""
 
-    def __init__(self, path: Path, encode, train: bool, seed: int, buffer: int, augment=None, **stream):
+    def __init__(self, records, name: str, encode, train: bool, seed: int, buffer: int, augment=None, **stream):
         super().__init__(**stream)
-        self.path, self.encode, self.train = path, encode, train
+        # records() -> the split's records in file order; name: the split's file, for messages
+        self.records, self.name, self.encode, self.train = records, name, encode, train
         # augment(record, key) -> record, training only; key names this draw of the example, so the
         # same position of the stream gets the same augmented text in a resumed run.
         self.augment = augment if train else None
         self.seed, self.buffer = seed, buffer
 
     def _records(self, epoch: int) -> Iterator[dict]:
-        mine = take_rank(read_records(self.path), self.rank, self.world_size)
+        mine = take_rank(self.records(), self.rank, self.world_size)
         if not self.train:
             return mine
         return shuffled(mine, self.buffer, random.Random(f"{self.seed}:{epoch}:{self.rank}"))
@@ -76,7 +77,7 @@ class LabeledExamples(ShardedStream):
                 n += 1
                 yield record
             if n == 0:
-                raise DataError(f"{self.path} has no records for rank {self.rank} of {self.world_size}")
+                raise DataError(f"{self.name} has no records for rank {self.rank} of {self.world_size}")
 
     def example(self, position: int, record: dict) -> dict:
         if self.augment is not None:
@@ -103,9 +104,7 @@ def pad_collate(pad_id: int):
 
 
 class LabeledDataModule(StreamingDataModule):
-    takes_tokenizer = True
-
-    """Downstream data: `files` maps train/val(/test) to one file each (relative to the data root).
+    """Downstream data: `files` maps train/val(/test) to a file each (relative to the data root).
 
     family: classification | token_classification.
     text_field, text_b_field, label_field: jsonl fields (classification); CoNLL files give
@@ -115,9 +114,20 @@ class LabeledDataModule(StreamingDataModule):
     block_size: tokens per example, longer ones cut; null = the model's block_size.
     augment: EDA options (`data.augment.AugmentConfig`: deletion, swap, insertion, synonyms) applied
         to the training texts as they are drawn, a different variant each epoch; null = off.
+    split_by: for a data set that comes as one file (`files` naming the same file for several
+        splits): the field whose hash assigns each record to train, val (`val_fraction` of the hash
+        range) or test (the next `test_fraction`), so equal keys (e.g. the same prompt) share a split.
     The tokenizer comes from the pretrained checkpoint (`connect(tokenizer=...)`), or is trained on the
     training split (`tokenizer` config) when fine-tuning from scratch.
+
+    Other task families subclass this and override the per-record hooks: `record_texts` (tokenizer
+    training), `label_values` (label discovery and checks; None = no labels), `encode` (one record ->
+    one example, or a list of examples that the collate function flattens), `split_of`, `collate_fn`
+    and `module_arguments`.
     """
+
+    takes_tokenizer = True
+    families: tuple[str, ...] = ("classification", "token_classification")
 
     def __init__(
         self,
@@ -136,10 +146,13 @@ class LabeledDataModule(StreamingDataModule):
         data_dir: str | None = None,
         cache_dir: str | None = None,
         augment: dict | None = None,
+        split_by: str | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
     ):
         super().__init__(block_size, batch_size, num_workers, seed)
-        if family not in FAMILIES:
-            raise ConfigError(f"data.family={family!r} must be one of {FAMILIES}")
+        if family not in self.families:
+            raise ConfigError(f"data.family={family!r} must be one of {self.families}")
         if augment and family != "classification":
             raise ConfigError("data.augment rewrites words, which would break per-word labels; use it with "
                               "data.family=classification only")
@@ -151,6 +164,9 @@ class LabeledDataModule(StreamingDataModule):
         if batch_size < 1 or (block_size is not None and block_size < 4) or shuffle_buffer < 1:
             raise ConfigError("data.batch_size, data.shuffle_buffer must be >= 1 and data.block_size >= 4")
         self.family, self.files = family, dict(to_dict(files))
+        if split_by is not None and not (0 < val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+            raise ConfigError("data.val_fraction > 0, data.test_fraction >= 0 and their sum < 1 are needed with split_by")
+        self.split_by, self.val_fraction, self.test_fraction = split_by, val_fraction, test_fraction
         self.text_field, self.text_b_field, self.label_field = text_field, text_b_field, label_field
         self.labels = [str(x) for x in labels] if labels else None
         self.shuffle_buffer = shuffle_buffer
@@ -169,7 +185,23 @@ class LabeledDataModule(StreamingDataModule):
         return part in self.files
 
     def module_arguments(self) -> dict:
-        return {"labels": self.labels}
+        return {} if self.labels is None else {"labels": self.labels}
+
+    def split_of(self, record: dict) -> str:
+        """Which split a record of a one-file data set belongs to (`split_by`)."""
+        if self.split_by not in record:
+            raise DataError(f"a record has no field {self.split_by!r} (has {sorted(record)}); set data.split_by")
+        return split_by_hash(str(record[self.split_by]), self.val_fraction, self.test_fraction)
+
+    def split_records(self, part: str) -> Iterator[dict]:
+        return (record for _, record in self.records(part))
+
+    def records(self, part: str) -> Iterator[tuple[int, dict]]:
+        """(line number, record) of split `part`, in file order."""
+        numbered = read_numbered_records(self.paths[part])
+        if self.split_by is None:
+            return numbered
+        return ((n, r) for n, r in numbered if self.split_of(r) == part)
 
     def augment(self, record: dict, key: str) -> dict:
         """The record with its text field(s) rewritten by the augmenter, seeded by `key`."""
@@ -179,14 +211,23 @@ class LabeledDataModule(StreamingDataModule):
         return out
 
     # -- setup -----------------------------------------------------------------------------------
+    def record_texts(self, record: dict) -> list[str]:
+        """The texts of a record that the tokenizer reads (and, from scratch, is trained on)."""
+        if self.family == "token_classification":
+            return [" ".join(record["tokens"])]
+        return [record[f] for f in (self.text_field, self.text_b_field) if f]
+
+    def label_values(self, record: dict) -> list[str] | None:
+        """The label names a record holds (one per word for token classification); None = this
+        family has no label names (regression, QA, generation)."""
+        key = "tags" if self.family == "token_classification" else self.label_field
+        if not isinstance(record, dict) or key not in record:
+            raise DataError(f"no field {key!r}; set data.label_field")
+        return [str(v) for v in record[key]] if self.family == "token_classification" else [str(record[key])]
+
     def texts(self, part: str = "train") -> Iterator[str]:
-        for record in read_records(self.paths[part]):
-            if self.family == "token_classification":
-                yield " ".join(record["tokens"])
-            else:
-                yield record[self.text_field]
-                if self.text_b_field:
-                    yield record[self.text_b_field]
+        for _, record in self.records(part):
+            yield from self.record_texts(record)
 
     def prepare_data(self) -> None:
         if self.paths:
@@ -207,18 +248,20 @@ class LabeledDataModule(StreamingDataModule):
         self.labels = self._scan_labels()
         self._special()
 
-    def _scan_labels(self) -> list[str]:
+    def _scan_labels(self) -> list[str] | None:
         """The label names (listed in data.labels, else every label of the training split, sorted),
         after checking that every record of every split has a known label: a label that training
         never saw is reported now, naming its file and line, not after training."""
-        key = "tags" if self.family == "token_classification" else self.label_field
         known = set(self.labels or [])
         for part in sorted(self.paths, key=SPLITS.index):  # train first: it defines the labels
             path = self.paths[part]
-            for lineno, record in read_numbered_records(path):
-                if not isinstance(record, dict) or key not in record:
-                    raise DataError(f"{path}:{lineno}: no field {key!r}; set data.label_field")
-                values = [str(v) for v in record[key]] if self.family == "token_classification" else [str(record[key])]
+            for lineno, record in self.records(part):
+                try:
+                    values = self.label_values(record)
+                except DataError as e:
+                    raise DataError(f"{path}:{lineno}: {e}") from None
+                if values is None:
+                    return None
                 if part == "train" and self.labels is None:
                     known.update(values)
                 elif unknown := sorted(set(values) - known):
@@ -300,5 +343,6 @@ class LabeledDataModule(StreamingDataModule):
     def dataset(self, part: str) -> LabeledExamples:
         if self.block_size is None:
             raise ConfigError("data.block_size is null and no model set it; give data.block_size=<tokens>")
-        return LabeledExamples(self.paths[part], self.encode, part == "train", self.seed, self.shuffle_buffer,
+        return LabeledExamples(functools.partial(self.split_records, part), str(self.paths[part]), self.encode,
+                               part == "train", self.seed, self.shuffle_buffer,
                                augment=self.augment if self.augmenter is not None else None, **self.stream_args(part))
