@@ -44,7 +44,8 @@ def read_pretrained(path: str) -> dict:
 
 
 class FinetuneModule(LMModule):
-    """A network plus `head_size` outputs (per example or per token) on its hidden states.
+    """A network plus a task head of `num_outputs` outputs (per example or per token) on its hidden
+    states. Subclasses define the head's use, the loss and the metrics.
 
     pooling (per-example tasks): cls = the first position (BERT's [CLS]); last = the last real
         token (a causal decoder has read the whole text only there); mean = the masked mean;
@@ -53,20 +54,23 @@ class FinetuneModule(LMModule):
 
     uses_every_parameter = False  # the pretraining heads (MLM, pooler, LM head) sit unused: DDP must know
 
-    def __init__(self, model: dict, labels: list[str], pooling: str = "auto", classifier_dropout: float = 0.1,
+    def __init__(self, model: dict, num_outputs: int, pooling: str = "auto", classifier_dropout: float = 0.1,
                  optimizer: dict | None = None, scheduler: dict | None = None):
         super().__init__(optimizer, scheduler)
         if pooling not in TASK_POOLINGS:
             raise ConfigError(f"task.pooling={pooling!r} must be one of {TASK_POOLINGS}")
-        if not labels:
-            raise ConfigError("a task needs at least one label")
-        self.labels = list(labels)
         self.network = build_network(model)
         if pooling == "auto":
             pooling = {Encoder: "cls", GPT: "last"}.get(type(self.network), "mean")
         self.pooling = pooling
         self.network.task_head = nn.Sequential(nn.Dropout(classifier_dropout),
-                                               nn.Linear(self.network.config.n_embd, len(self.labels)))
+                                               nn.Linear(self.network.config.n_embd, num_outputs))
+
+    @staticmethod
+    def check_labels(labels: list[str] | None) -> list[str]:
+        if not labels:
+            raise ConfigError("a task needs at least one label")
+        return [str(x) for x in labels]
 
     def flops_per_token(self, seq_len: int) -> float | None:
         """6 x the weights that multiply every token (the blocks and the task head; no LM head runs

@@ -18,7 +18,8 @@ class SequenceClassificationModule(FinetuneModule):
 
     def __init__(self, model: dict, labels: list[str], pooling: str = "auto", classifier_dropout: float = 0.1,
                  optimizer: dict | None = None, scheduler: dict | None = None):
-        super().__init__(model, labels, pooling, classifier_dropout, optimizer, scheduler)
+        self.labels = self.check_labels(labels)
+        super().__init__(model, len(self.labels), pooling, classifier_dropout, optimizer, scheduler)
         self.save_hyperparameters()
         n = len(self.labels)
         self.metrics = torch.nn.ModuleDict({
