@@ -11,6 +11,8 @@ _EXPORTS = {
     "ShardsDataModule": "lmpretrain.data.shards",
     "SentencePairDataModule": "lmpretrain.data.sentence_pairs",
     "LabeledDataModule": "lmpretrain.data.labeled",
+    "PairSimilarityDataModule": "lmpretrain.data.similarity",
+    "QADataModule": "lmpretrain.data.qa",
 }
 
 

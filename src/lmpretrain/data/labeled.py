@@ -278,7 +278,7 @@ class LabeledDataModule(StreamingDataModule):
         pad = next((tok.token_to_id(t) for t in ("[PAD]", "<pad>", "<|endoftext|>") if tok.token_to_id(t) is not None), 0)
         self.pad_id = pad
         self.collate_fn = pad_collate(pad)
-        self.label_index = {name: i for i, name in enumerate(self.labels)}
+        self.label_index = {name: i for i, name in enumerate(self.labels or [])}  # none: a label-free family
 
     @property
     def num_labels(self) -> int:
