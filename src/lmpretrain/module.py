@@ -140,6 +140,8 @@ class LMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer_json"] = self.tokenizer_json
+        # Which class to rebuild: `python -m lmpretrain.evaluate` loads any checkpoint by it.
+        checkpoint["lmpretrain_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.connect(tokenizer_json=checkpoint.get("tokenizer_json"))

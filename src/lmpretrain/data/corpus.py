@@ -216,8 +216,9 @@ class TextCorpus:
             raise ConfigError(f"data has unknown key(s) {unknown}; valid corpus keys: {list(cls.KEYS)}")
         return cls(files, tokenizer, **{**defaults, **settings})
 
-    def open(self):
-        """Resolve the files and load (or train and cache) their tokenizer.
+    def open(self, tokenizer=None):
+        """Resolve the files and load (or train and cache) their tokenizer, unless one is given
+        (a checkpoint's, to evaluate or continue a model on this corpus).
 
         Returns (TextSource, corpus fingerprint, tokenizer). The tokenizer is trained on the training
         split's text, so the field and split settings are part of the fingerprint, not only the files.
@@ -227,6 +228,8 @@ class TextCorpus:
         paths = resolve_files(self.files, self.data_dir, self.cache_dir, self.checksums, self.urls)
         source = TextSource(paths, self.field, self.split, self.val_fraction)
         fingerprint = corpus_fingerprint(paths, self.field, self.split, self.val_fraction)
+        if tokenizer is not None:
+            return source, fingerprint, tokenizer
         tokenizer, _ = load_or_train_tokenizer(
             self.tokenizer, lambda: source.texts("train"), fingerprint, self.cache_dir / "tokenizers"
         )

@@ -29,7 +29,10 @@ def read_meta(path: Path) -> dict | None:
 
 
 class PackedTextDataModule(PackedBlocksDataModule):
-    """`corpus`: the `TextCorpus` keys (field, split, val_fraction, data_dir, cache_dir, checksums, urls)."""
+    """`corpus`: the `TextCorpus` keys (field, split, val_fraction, data_dir, cache_dir, checksums, urls).
+    A tokenizer handed over with `connect(tokenizer=...)` (a checkpoint's) replaces training one."""
+
+    takes_tokenizer = True
 
     def __init__(self, files: list[str], tokenizer: dict | None = None, block_size: int = 256, batch_size: int = 12,
                  num_workers: int = 0, seed: int = 0, **corpus):
@@ -46,7 +49,7 @@ class PackedTextDataModule(PackedBlocksDataModule):
         """Idempotent and cached: a second call (or a second rank) only opens the cache."""
         if self.token_files:
             return
-        source, fingerprint, self.tokenizer = self.corpus.open()
+        source, fingerprint, self.tokenizer = self.corpus.open(self.tokenizer)
         paths = source.paths
         if self.corpus.tokenizer.eos_token is not None and self.eos_id is None:
             raise ConfigError(

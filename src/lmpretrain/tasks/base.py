@@ -18,6 +18,7 @@ from lmpretrain.models.encdec import EncoderDecoder
 from lmpretrain.models.encoder import Encoder
 from lmpretrain.models.gpt import GPT
 from lmpretrain.models.pooling import POOLINGS
+from lmpretrain.checkpoints import read_checkpoint
 from lmpretrain.module import LMModule
 
 TASK_POOLINGS = ("auto", *POOLINGS)
@@ -26,15 +27,7 @@ TASK_POOLINGS = ("auto", *POOLINGS)
 def read_pretrained(path: str) -> dict:
     """A single-file pretraining checkpoint -> {"model": config dict, "network": state dict,
     "tokenizer_json": str}. One clear error for anything else."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise ConfigError(f"pretrained={path}: no such checkpoint file") from None
-    except (IsADirectoryError, PermissionError):
-        raise ConfigError(f"pretrained={path} is a folder (a sharded checkpoint?); merge it first with "
-                          f"`python -m lmpretrain.distributed consolidate {path}`") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
-        raise ConfigError(f"pretrained={path} is not a checkpoint ({type(e).__name__}); pass a .ckpt file") from None
+    ckpt = read_checkpoint(path, "pretrained")
     model = (ckpt.get("hyper_parameters") or {}).get("model")
     state = {k[len("network."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("network.")}
     if not model or not state or not ckpt.get("tokenizer_json"):
