@@ -30,8 +30,8 @@ from functools import lru_cache
 import torch
 from torchmetrics import Metric
 
+from lmpretrain.metrics._inputs import as_reference_lists
 from lmpretrain.metrics._optional import require
-from lmpretrain.metrics.squad import as_reference_lists
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 

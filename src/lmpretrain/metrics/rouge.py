@@ -17,8 +17,8 @@ from collections import Counter
 import torch
 from torchmetrics import Metric
 
+from lmpretrain.metrics._inputs import as_reference_lists
 from lmpretrain.metrics._optional import require
-from lmpretrain.metrics.squad import as_reference_lists
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 

@@ -19,6 +19,8 @@ from collections import Counter
 import torch
 from torchmetrics import Metric
 
+from lmpretrain.metrics._inputs import as_reference_lists
+
 _PUNCTUATION = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -40,18 +42,6 @@ def token_f1(prediction: str, ground_truth: str) -> float:
         return 0.0
     precision, recall = same / len(pred), same / len(gold)
     return 2 * precision * recall / (precision + recall)
-
-
-def as_reference_lists(predictions: list[str], references: list[str] | list[list[str]]) -> list[list[str]]:
-    """One list of references per prediction (a plain string is one reference)."""
-    if isinstance(predictions, str) or isinstance(references, str):
-        raise TypeError("predictions and references are lists (one entry per example), not strings")
-    refs = [[r] if isinstance(r, str) else list(r) for r in references]
-    if len(refs) != len(predictions):
-        raise ValueError(f"{len(predictions)} predictions but {len(refs)} references")
-    if any(len(r) == 0 for r in refs):
-        raise ValueError("every prediction needs at least one reference")
-    return refs
 
 
 class SquadMetrics(Metric):
