@@ -155,6 +155,8 @@ class BERTScore(Metric):
 
     def update(self, predictions: list[str], references: list[str] | list[list[str]]) -> None:
         refs = as_reference_lists(predictions, references)
+        if not refs:
+            return
         flat_preds = [p for p, rs in zip(predictions, refs) for _ in rs]
         scores = self.pair_scores(flat_preds, [r for rs in refs for r in rs])
         best = torch.stack([group.max(dim=0).values for group in scores.split([len(rs) for rs in refs])])
