@@ -74,12 +74,16 @@ def build_trainer(cfg: DictConfig, trainer_cfg: DictConfig) -> L.Trainer:
 
 def fit_run(cfg: DictConfig, run: Run, test: bool = False) -> dict[str, float]:
     """Fit (resuming from `cfg.ckpt_path` when set); with `test`, score the best checkpoint on the
-    test split as well (`test/*`). Returns the final logged metrics."""
+    test split as well (`test/*`). With trainer.max_steps=0 (evaluate e.g. a pretrained checkpoint
+    zero-shot) nothing is trained and no checkpoint is written: the module as built is validated and
+    tested. Returns the final logged metrics."""
     datamodule, module, trainer = run
     for lg in trainer.loggers:
         lg.log_hyperparams(to_dict(cfg))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if trainer.global_step == 0:  # nothing trained (trainer.max_steps=0): score the module as built
+            trainer.validate(module, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
