@@ -82,9 +82,13 @@ class CausalLMModule(PretrainModule):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        was_training = self.network.training
-        self.network.eval()
-        out = self.network.generate(input_ids, max_new_tokens, temperature, top_k, generator)
-        self.network.train(was_training)
-        return out
+                 top_k: int | None = None, generator: torch.Generator | None = None, *,
+                 top_p: float | None = None, strategy: str = "sample", **options) -> torch.Tensor:
+        """Prompt + continuation (B, T + n): `lmpretrain.models.generation.generate` (default:
+        sampling, temperature=0 = greedy) with `options` passed on (attention_mask, num_beams,
+        length_penalty, eos_id, pad_id, use_cache); the network is in eval mode meanwhile."""
+        from lmpretrain.models.generation import generate
+
+        new = generate(self.network, input_ids, max_new_tokens=max_new_tokens, strategy=strategy,
+                       temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, **options)
+        return torch.cat((input_ids, new), dim=1)
