@@ -180,7 +180,7 @@ def test_beam_search_scores_at_least_as_well_as_greedy(eos_id, length_penalty):
     """By the length-penalised score beam search ranks by, its best sequence is no worse than
     greedy's, and better for some rows (token 40 ends a greedy row in four of the six)."""
     model, x = gpt(), ids(6, 3, seed=4)
-    kw = dict(max_new_tokens=8, eos_id=eos_id, length_penalty=length_penalty)
+    kw = {"max_new_tokens": 8, "eos_id": eos_id, "length_penalty": length_penalty}
     greedy = generate(model, x, **kw)
     beam = generate(model, x, strategy="beam", num_beams=4, **kw)
     better = 0

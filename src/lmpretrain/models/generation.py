@@ -129,10 +129,11 @@ def _sample(steps, logits: torch.Tensor, max_new_tokens: int, eos_id: int | None
     out = []
     for t in range(max_new_tokens):
         tokens = pick(logits)
-        if eos_id is not None:
-            tokens = tokens.masked_fill(done, pad_id)
+        if eos_id is None:
+            out.append(tokens)
+        else:
+            out.append(tokens.masked_fill(done, pad_id))  # stopped rows: pad_id out, any token in
             done = done | (tokens == eos_id)
-        out.append(tokens)
         if t + 1 == max_new_tokens or (eos_id is not None and bool(done.all())):
             break
         logits = steps.next(tokens)
