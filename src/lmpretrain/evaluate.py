@@ -65,22 +65,27 @@ def extrinsic_scores(ckpt: str, task: str, overrides: list[str], output_dir: Pat
     return {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))}
 
 
+def score_checkpoint(ckpt: str, suite: dict, output_dir: Path, cache_dir: str, data_dir: str) -> dict[str, float]:
+    """Every score of the suite for one checkpoint (or `scratch`): `<corpus>/val/...`, `<task>/test/...`."""
+    row: dict[str, float] = {}
+    if ckpt != SCRATCH:
+        for name, spec in (suite.get("intrinsic") or {}).items():
+            scores = intrinsic_scores(ckpt, spec, cache_dir, data_dir)
+            row.update({f"{name}/{k}": v for k, v in scores.items()})
+    for task, overrides in (suite.get("tasks") or {}).items():
+        scores = extrinsic_scores(ckpt, task, list(overrides), output_dir / task)
+        row.update({f"{task}/{k}": v for k, v in scores.items()})
+    return row
+
+
 def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     checkpoints = [str(c) for c in (cfg.checkpoints if OmegaConf.is_list(cfg.checkpoints) else [cfg.checkpoints])]
     suite, out = to_dict(cfg.suite), Path(cfg.paths.output_dir)
     results: dict[str, dict[str, float]] = {}
     for ckpt in checkpoints:
         label = SCRATCH if ckpt == SCRATCH else checkpoint_label(ckpt)
-        row: dict[str, float] = {}
-        if ckpt != SCRATCH:
-            for name, spec in (suite.get("intrinsic") or {}).items():
-                scores = intrinsic_scores(ckpt, spec, cfg.paths.cache_dir, cfg.paths.data_dir)
-                row.update({f"{name}/{k}": v for k, v in scores.items()})
-        for task, overrides in (suite.get("tasks") or {}).items():
-            scores = extrinsic_scores(ckpt, task, list(overrides), out / "runs" / label / task)
-            row.update({f"{task}/{k}": v for k, v in scores.items()})
-        results[label] = row
-        log.info("%s: %s", label, {k: round(v, 4) for k, v in row.items()})
+        results[label] = score_checkpoint(ckpt, suite, out / "runs" / label, cfg.paths.cache_dir, cfg.paths.data_dir)
+        log.info("%s: %s", label, {k: round(v, 4) for k, v in results[label].items()})
     write_report(results, out)
     return results
 

@@ -7,10 +7,10 @@ each sentence) and tokenized as they are drawn, so a data set is never held in m
     token_classification words -> sub-word ids; each word's label on its first sub-word, -100 on
                          the rest and on special tokens (the usual BERT NER alignment)
 
-Order and sharding follow `PackedBlocks`: rank r of R takes records r, r + R, ...; training
-shuffles them through a seeded buffer per epoch and chains epochs; batch k of a rank is positions
-[k*B, (k+1)*B) of that stream and goes to worker (k - start) % W, so a resumed run (start =
-batches already consumed) sees exactly the batches an uninterrupted one would have.
+Order and sharding follow `PackedBlocks`: training shuffles the split through a seeded buffer per
+epoch (one seed for all ranks) and chains epochs; rank r of R takes records r, r + R, ... of that
+stream; ownership by worker and resume by batch come from the streaming core (`data/streaming.py`),
+so a resumed run sees exactly the batches an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -62,10 +62,13 @@ class LabeledExamples(ShardedStream):
         self.seed, self.buffer = seed, buffer
 
     def _records(self, epoch: int) -> Iterator[dict]:
-        mine = take_rank(self.records(), self.rank, self.world_size)
-        if not self.train:
-            return mine
-        return shuffled(mine, self.buffer, random.Random(f"{self.seed}:{epoch}:{self.rank}"))
+        """This rank's records of one epoch. Training shuffles the whole split with one seed per
+        epoch before ranks take their shares, as `PackedBlocks` does: N processes see the batches one
+        process would (every rank reads the file anyway, to skip the records of the others)."""
+        records = self.records()
+        if self.train:
+            records = shuffled(records, self.buffer, random.Random(f"{self.seed}:{epoch}"))
+        return take_rank(records, self.rank, self.world_size)
 
     def rank_stream(self) -> Iterator[dict]:
         if not self.train:
