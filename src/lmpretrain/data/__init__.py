@@ -13,6 +13,7 @@ _EXPORTS = {
     "LabeledDataModule": "lmpretrain.data.labeled",
     "PairSimilarityDataModule": "lmpretrain.data.similarity",
     "QADataModule": "lmpretrain.data.qa",
+    "Seq2SeqDataModule": "lmpretrain.data.seq2seq",
 }
 
 

@@ -2,6 +2,7 @@
 
 from lmpretrain.tasks.base import FinetuneModule, read_pretrained
 from lmpretrain.tasks.classification import SequenceClassificationModule
+from lmpretrain.tasks.seq2seq import Seq2SeqModule
 from lmpretrain.tasks.similarity import BiEncoderSimilarityModule, CrossEncoderRegressionModule
 from lmpretrain.tasks.token_classification import TokenClassificationModule
 

@@ -38,7 +38,8 @@ def read_pretrained(path: str) -> dict:
 
 class FinetuneModule(LMModule):
     """A network plus a task head of `num_outputs` outputs (per example or per token) on its hidden
-    states. Subclasses define the head's use, the loss and the metrics.
+    states (num_outputs=None: no head, for tasks on the network's own LM head). Subclasses define
+    the head's use, the loss and the metrics.
 
     pooling (per-example tasks): cls = the first position (BERT's [CLS]); last = the last real
         token (a causal decoder has read the whole text only there); mean = the masked mean;
@@ -47,7 +48,7 @@ class FinetuneModule(LMModule):
 
     uses_every_parameter = False  # the pretraining heads (MLM, pooler, LM head) sit unused: DDP must know
 
-    def __init__(self, model: dict, num_outputs: int, pooling: str = "auto", classifier_dropout: float = 0.1,
+    def __init__(self, model: dict, num_outputs: int | None, pooling: str = "auto", classifier_dropout: float = 0.1,
                  optimizer: dict | None = None, scheduler: dict | None = None):
         super().__init__(optimizer, scheduler)
         if pooling not in TASK_POOLINGS:
@@ -56,6 +57,8 @@ class FinetuneModule(LMModule):
         if pooling == "auto":
             pooling = {Encoder: "cls", GPT: "last"}.get(type(self.network), "mean")
         self.pooling = pooling
+        if num_outputs is None:  # a task that reads the network's own LM head (generation): no task head
+            return
         self.network.task_head = nn.Sequential(nn.Dropout(classifier_dropout),
                                                nn.Linear(self.network.config.n_embd, num_outputs))
 
@@ -70,7 +73,8 @@ class FinetuneModule(LMModule):
         here, so the embedding table is a lookup, not a matmul) + the attention term."""
         c = self.network.config
         blocks = [m for m in self.network.modules() if isinstance(m, Block)]
-        n = sum(p.numel() for m in [*blocks, self.network.task_head] for p in m.parameters())
+        head = getattr(self.network, "task_head", None)
+        n = sum(p.numel() for m in [*blocks, *([head] if head is not None else [])] for p in m.parameters())
         return 6 * n + 12 * len(blocks) * c.n_embd * seq_len
 
     def load_pretrained_network(self, state: dict) -> None:
