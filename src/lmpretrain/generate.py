@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
+from lmpretrain.checkpoints import load_module
 from lmpretrain.config import CONF_DIR
 from lmpretrain.errors import ConfigError, exit_on_user_error
 from lmpretrain.models.generation import STRATEGIES
@@ -23,7 +24,10 @@ def load_for_generation(ckpt_path: str | Path) -> tuple[CausalLMModule, Tokenize
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError(f"ckpt_path={path} does not exist; pass a .ckpt from logs/<task>/.../checkpoints/")
-    module = CausalLMModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    module = load_module(path, "ckpt_path")  # weights_only=True: a crafted file cannot run code
+    if not isinstance(module, CausalLMModule):
+        raise ConfigError(f"ckpt_path={path} holds a {type(module).__name__}, not a causal LM; generate needs a "
+                          f"checkpoint of objective=causal_lm (score others with python -m lmpretrain.evaluate)")
     if module.tokenizer_json is None:
         raise ConfigError(f"{path} holds no tokenizer; it was not written by lmpretrain.train")
     return module.eval(), Tokenizer.from_str(module.tokenizer_json)
