@@ -2,8 +2,18 @@
 
 from lmpretrain.tasks.base import FinetuneModule, read_pretrained
 from lmpretrain.tasks.classification import SequenceClassificationModule
+from lmpretrain.tasks.qa import ExtractiveQAModule
 from lmpretrain.tasks.seq2seq import Seq2SeqModule
 from lmpretrain.tasks.similarity import BiEncoderSimilarityModule, CrossEncoderRegressionModule
 from lmpretrain.tasks.token_classification import TokenClassificationModule
 
-__all__ = ["FinetuneModule", "SequenceClassificationModule", "TokenClassificationModule", "read_pretrained"]
+__all__ = [
+    "BiEncoderSimilarityModule",
+    "CrossEncoderRegressionModule",
+    "ExtractiveQAModule",
+    "FinetuneModule",
+    "Seq2SeqModule",
+    "SequenceClassificationModule",
+    "TokenClassificationModule",
+    "read_pretrained",
+]
