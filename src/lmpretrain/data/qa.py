@@ -158,6 +158,10 @@ class QADataModule(LabeledDataModule):
 
     def _special(self) -> None:
         super()._special()
+        # A tokenizer.json may carry truncation / padding (HF exports often do: 128 tokens, padded),
+        # which would cut the context silently and add [PAD] "context" tokens; windows do both here.
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
         self.collate_fn = qa_collate(self.pad_id)
 
     def dataset(self, part: str) -> LabeledExamples:
