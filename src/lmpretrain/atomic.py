@@ -1,26 +1,111 @@
-"""Write a file so that a reader sees either the old file or the whole new one, never a part.
+"""Write a file so that a reader sees either the old file or the whole new one, never a part, even
+after a kill -9 or a power cut.
 
-Neutral ground: used by `lmpretrain.prepare` (shards, manifest, report), and free of anything
-Lightning, torch or prepare-specific, so any other writer (checkpoints) can use it too.
+The new content goes to a temp file *in the destination folder* (a rename within one filesystem is
+atomic; a "move" from $TMPDIR to another filesystem is a copy over the old file), is fsynced, then
+renamed over the destination, and the folder is fsynced so the rename itself is durable. A full disk
+becomes one `DiskFullError` and leaves the previous file as it was.
+
+Temp files are named `.<name>.<pid>.lmpretrain-tmp`; a killed writer leaves one behind, and
+`remove_orphans(folder)` (called when the next run starts) removes those of dead processes, never
+any other file.
+
+Neutral ground: free of anything Lightning, torch or prepare-specific, so every writer (shards,
+manifests, reports, tokenizers, checkpoints) uses it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from lmpretrain.errors import LMPretrainError
+
+TMP_SUFFIX = ".lmpretrain-tmp"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(LMPretrainError):
+    """No space (or quota) left while writing; the previous file is unchanged."""
+
+
+def temp_path(path: Path) -> Path:
+    """Where `path`'s new content is written first: same folder, hidden, named after the writer's pid."""
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) then rename tmp over `path`: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """Call write(tmp), fsync tmp, rename it over `path`: readers see the old file or the whole new one."""
+    path = Path(path)
+    tmp = temp_path(path)
     try:
         write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise DiskFullError(f"disk full writing {path} ({os.strerror(e.errno)}); the previous {path.name} is "
+                                f"unchanged; free space on that disk or write elsewhere, then run again") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def write_bytes(path: Path, data: bytes | memoryview, chunk: int = 1 << 24) -> None:
+    """Write `data` to `path` in chunks (an error such as ENOSPC surfaces as an OSError)."""
+    view = memoryview(data)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        while view:
+            view = view[os.write(fd, view[:chunk]):]
+    finally:
+        os.close(fd)
+
+
 def atomic_write_json(path: Path, obj) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Remove the temp files that killed writers left in `folder` (ours by name, their pid no longer
+    running); returns what was removed. Files of a still-running writer and every other file stay."""
+    removed = []
+    for tmp in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        pid = tmp.name[: -len(TMP_SUFFIX)].rpartition(".")[2]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed

@@ -1,15 +1,24 @@
-"""Reading the checkpoints a user hands us: only with `weights_only=True` (tensors and plain
-values; a file that would need arbitrary unpickling is refused), with one clear error for a file
-that is missing, a folder, or not an lmpretrain checkpoint.
+"""Reading and writing checkpoints.
+
+Reading the checkpoints a user hands us: only with `weights_only=True` (tensors and plain values; a
+file that would need arbitrary unpickling is refused), with one clear error for a file that is
+missing, a folder, or not an lmpretrain checkpoint.
+
+Writing: `AtomicCheckpointIO`, the Trainer's CheckpointIO plugin, writes every checkpoint through
+`lmpretrain.atomic` (temp file in the checkpoint folder, fsync, rename), so a kill -9 or a full disk
+during a save leaves the previous `last.ckpt` / best checkpoint loadable.
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 from pathlib import Path
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lmpretrain.atomic import atomic_write, write_bytes
 from lmpretrain.errors import ConfigError
 
 # Checkpoints written before the module class was recorded: the objective that trains each network.
@@ -20,10 +29,11 @@ DEFAULT_MODULES = {
 }
 
 
-def read_checkpoint(path: str | Path, key: str) -> dict:
-    """The checkpoint dict at `path` (`key` names the setting in messages, e.g. `pretrained`)."""
+def read_checkpoint(path: str | Path, key: str, mmap: bool = False) -> dict:
+    """The checkpoint dict at `path` (`key` names the setting in messages, e.g. `pretrained`);
+    `mmap`: tensors stay on disk until touched (a cheap check of a big file)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise ConfigError(f"{key}={path}: no such checkpoint file") from None
     except (IsADirectoryError, PermissionError):
@@ -32,6 +42,38 @@ def read_checkpoint(path: str | Path, key: str) -> dict:
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
         raise ConfigError(f"{key}={path} is not a checkpoint this project can load safely ({type(e).__name__}); "
                           f"pass a .ckpt written by lmpretrain") from None
+
+
+def resolve_ckpt_path(value: str | Path, output_dir: Path, run_root: Path) -> Path:
+    """`ckpt_path=last`: the newest last.ckpt under this run's folder or under logs/<name> (the folder
+    of every earlier run of that name); any other value is a path."""
+    if str(value) != "last":
+        return Path(value).expanduser()
+    found = [p for root in (output_dir, run_root) if root.is_dir() for p in root.rglob("last.ckpt")]
+    if not found:
+        raise ConfigError(f"ckpt_path=last: no last.ckpt under {output_dir} or {run_root}; pass the checkpoint "
+                          f"file, ckpt_path=.../checkpoints/last.ckpt, or keep the run's name=")
+    return max(found, key=lambda p: p.stat().st_mtime_ns)
+
+
+def check_resume_fits(ckpt: dict, module: torch.nn.Module, path: str | Path) -> None:
+    """A checkpoint to resume from must be a training checkpoint of this very network: every weight
+    present with the same shape (else Lightning fails after setup with a size-mismatch wall)."""
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"ckpt_path={path} holds no training state (no state_dict); pass a .ckpt written by "
+                          f"lmpretrain.train, or start from its weights with pretrained=")
+    if "loops" not in ckpt or "optimizer_states" not in ckpt:
+        raise ConfigError(f"ckpt_path={path} holds weights only, not a resumable training state; start from "
+                          f"it with pretrained={path} instead")
+    theirs, ours = ckpt["state_dict"], module.state_dict()
+    problems = [f"{k} is missing" for k in ours if k not in theirs]
+    problems += [f"{k} is not in this model" for k in theirs if k not in ours]
+    problems += [f"{k} is {tuple(theirs[k].shape)} there, {tuple(v.shape)} here" for k, v in ours.items()
+                 if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)]
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ConfigError(f"ckpt_path={path} does not fit this model: {'; '.join(problems[:3])}{more}; resume "
+                          f"with the model settings it was trained with (its run's .hydra/config.yaml)")
 
 
 def module_class(ckpt: dict, path: str | Path, key: str) -> type:
@@ -52,3 +94,24 @@ def load_module(path: str | Path, key: str = "ckpt_path"):
     ckpt = read_checkpoint(path, key)
     cls = module_class(ckpt, path, key)
     return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's TorchCheckpointIO with crash-proof local saves and `weights_only=True` loads.
+
+    Lightning's own save writes the bytes with fsspec's transaction, whose temp file lives in $TMPDIR;
+    moving it onto another filesystem copies over the old checkpoint, so a kill during the copy
+    truncates it. Remote paths (`s3://...`) keep Lightning's behaviour.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()  # serialize first: a failing torch.save never touches the folder
+        torch.save(checkpoint, buffer)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: write_bytes(tmp, buffer.getbuffer()))
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only: bool | None = None) -> dict:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 
 class LMPretrainError(Exception):
     """A problem with the user's input or configuration; the message says how to fix it."""
+
+    exit_status = 2
 
 
 class ConfigError(LMPretrainError):
@@ -26,6 +29,16 @@ class DataError(LMPretrainError):
 
 class TrainingDivergedError(LMPretrainError):
     """The loss became NaN/inf; earlier checkpoints are left untouched."""
+
+
+class Preempted(LMPretrainError):
+    """SIGTERM/SIGUSR1 stopped the run after it saved a resumable checkpoint. The process exits with
+    128 + the signal number (143 for SIGTERM, 138 for SIGUSR1), as if the signal had ended it, so a
+    scheduler sees an unfinished job."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_status = 128 + int(signum)
 
 
 F = TypeVar("F", bound=Callable)
@@ -41,7 +54,8 @@ def find_user_error(e: BaseException | None) -> LMPretrainError | None:
 
 
 def exit_on_user_error(fn: F) -> F:
-    """Wrap an entrypoint so user errors end with one line on stderr and exit status 2."""
+    """Wrap an entrypoint so user errors end with one line on stderr and exit status 2 (a preempted
+    run: 128 + the signal number)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -52,6 +66,6 @@ def exit_on_user_error(fn: F) -> F:
             if user_error is None:
                 raise
             print(f"error: {user_error}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(user_error.exit_status)
 
     return wrapper  # type: ignore[return-value]

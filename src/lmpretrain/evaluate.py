@@ -10,7 +10,6 @@ bar chart per score) into the run folder; `evaluate(cfg)` returns {checkpoint: {
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
 from lmpretrain import run
+from lmpretrain.atomic import atomic_write, atomic_write_json
 from lmpretrain.checkpoints import load_module
 from lmpretrain.config import CONF_DIR, to_dict
 from lmpretrain.data import PackedTextDataModule
@@ -105,12 +105,12 @@ def write_report(results: dict[str, dict[str, float]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(results, indent=2))
+    atomic_write_json(out / "report.json", results)
     scores = sorted({k for row in results.values() for k in row})
     lines = ["| checkpoint | " + " | ".join(scores) + " |", "|---" * (len(scores) + 1) + "|"]
     for label, row in results.items():
         lines.append(f"| {label} | " + " | ".join(f"{row[s]:.4f}" if s in row else "-" for s in scores) + " |")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     (out / "plots").mkdir(exist_ok=True)
     for score in scores:
         labels = [label for label, row in results.items() if score in row]

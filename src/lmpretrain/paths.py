@@ -7,9 +7,12 @@ benchmarks run the same from a checkout, CI, or a machine with its own data fold
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 
 def repo_root() -> Path:
@@ -28,6 +31,29 @@ def data_root() -> Path:
 def cache_root() -> Path:
     env = os.environ.get("LMPRETRAIN_CACHE")
     return Path(env).expanduser() if env else repo_root() / ".cache"
+
+
+def unwritable(folder: str | Path) -> str | None:
+    """Why `folder` cannot hold a run's files (created if missing), or None when it can."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
+class RunDirCheck(Callback):
+    """Hydra callback (conf/hydra/default.yaml): an unwritable run folder is one `error:` line and
+    exit status 2 before the job starts, where Hydra itself would print a traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        folder = config.hydra.run.dir
+        if (why := unwritable(folder)) is not None:
+            print(f"error: the run folder {folder} cannot be written ({why}); set hydra.run.dir= or "
+                  f"paths.log_dir= to a writable folder", file=sys.stderr)
+            sys.exit(2)
 
 
 def register_resolvers() -> None:

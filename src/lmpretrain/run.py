@@ -13,19 +13,28 @@ The entrypoints (`train.py`, `finetune.py`) are thin `@hydra.main` wrappers arou
 from __future__ import annotations
 
 import logging
-from typing import Callable, NamedTuple
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, open_dict
 from tokenizers import Tokenizer
 
+from lmpretrain.atomic import remove_orphans
+from lmpretrain.checkpoints import AtomicCheckpointIO, check_resume_fits, read_checkpoint, resolve_ckpt_path
 from lmpretrain.config import check_model_fits_data, to_dict, wandb_offline_unless_configured
-from lmpretrain.distributed import resolve_trainer_config, resolve_unused_parameters
-from lmpretrain.errors import exit_on_user_error
+from lmpretrain.distributed import resolve_trainer_config, resolve_unused_parameters, strategy_name
+from lmpretrain.errors import ConfigError, Preempted, exit_on_user_error
 from lmpretrain.module import LMModule, RuntimeOptions
+from lmpretrain.optim import check_optimizer_config
+from lmpretrain.paths import unwritable
 from lmpretrain.tasks.base import read_pretrained
 
 log = logging.getLogger(__name__)
@@ -42,10 +51,21 @@ def build_run(cfg: DictConfig, module_group: str) -> Run:
     `task` for fine-tuning) and Trainer from a composed config, without training.
 
     With `cfg.pretrained` (a checkpoint path), the network config, its weights and the tokenizer
-    come from that checkpoint; otherwise from the `model` and `tokenizer` groups.
+    come from that checkpoint; otherwise from the `model` and `tokenizer` groups. `cfg.ckpt_path`
+    (`last`: the newest last.ckpt of the run's folder or logs/<name>, written back into cfg) must be
+    a training checkpoint of this very network; that and the trainer/optimizer values are checked
+    before anything is built.
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    trainer_cfg = resolve_trainer_config(cfg)  # precision=auto, global batch -> accumulation; checked first
+    trainer_cfg = check_all(lambda: resolve_trainer_config(cfg),  # precision=auto, global batch -> accumulation
+                            lambda: check_optimizer_config(to_dict(cfg.optimizer)))[0]
+    resume = None
+    if cfg.get("ckpt_path"):  # `last` -> the newest last.ckpt; a file that cannot resume fails here
+        with open_dict(cfg):
+            cfg.ckpt_path = str(resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.output_dir),
+                                                  Path(cfg.paths.log_dir) / str(cfg.get("name", ""))))
+        sharded = Path(cfg.ckpt_path).is_dir() and strategy_name(trainer_cfg.strategy) == "FSDP2Strategy"
+        resume = None if sharded else read_checkpoint(cfg.ckpt_path, "ckpt_path", mmap=True)
     pretrained = read_pretrained(cfg.pretrained) if cfg.get("pretrained") else None
     model = pretrained["model"] if pretrained else to_dict(cfg.model)
     datamodule = instantiate(cfg.data)
@@ -58,18 +78,42 @@ def build_run(cfg: DictConfig, module_group: str) -> Run:
     if pretrained:
         module.load_pretrained_network(pretrained["network"])
     module.connect(tokenizer_json=datamodule.tokenizer.to_str(), runtime=RuntimeOptions(**to_dict(cfg.get("runtime"))))
+    if resume is not None:
+        check_resume_fits(resume, module, cfg.ckpt_path)
+        del resume
     resolve_unused_parameters(trainer_cfg, module)
     return Run(datamodule, module, build_trainer(cfg, trainer_cfg))
 
 
+def check_all(*checks: Callable):
+    """Run every check and raise one ConfigError listing all their problems; else their results."""
+    results, problems = [], []
+    for check in checks:
+        try:
+            results.append(check())
+        except ConfigError as e:
+            problems.append(str(e))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return results
+
+
 def build_trainer(cfg: DictConfig, trainer_cfg: DictConfig) -> L.Trainer:
-    """The Trainer with the config's callbacks and loggers (wandb offline unless configured)."""
+    """The Trainer with the config's callbacks and loggers (wandb offline unless configured), saving
+    checkpoints crash-proof (AtomicCheckpointIO); temp files of killed saves are removed first."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+            if (why := unwritable(cb.dirpath)) is not None:  # else the first save fails, after training
+                raise ConfigError(f"checkpoint folder {cb.dirpath} cannot be written ({why}); set "
+                                  f"callbacks.model_checkpoint.dirpath= or hydra.run.dir= to a writable folder")
+            for orphan in remove_orphans(Path(cb.dirpath)):
+                log.info("removed %s, left by a save that was killed", orphan)
     logger_cfgs = [c for c in (cfg.get("logger") or {}).values() if c is not None]
     if any("wandb" in str(c.get("_target_", "")).lower() for c in logger_cfgs):
         wandb_offline_unless_configured()
     loggers = [instantiate(c) for c in logger_cfgs]
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 
 def fit_run(cfg: DictConfig, run: Run, test: bool = False) -> dict[str, float]:
@@ -81,7 +125,11 @@ def fit_run(cfg: DictConfig, run: Run, test: bool = False) -> dict[str, float]:
     for lg in trainer.loggers:
         lg.log_hyperparams(to_dict(cfg))
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except SIGTERMException:  # SIGTERM before training began (Lightning's handler): nothing to save
+            raise Preempted("preempted by SIGTERM before the first step; nothing was saved, run again",
+                            signal.SIGTERM) from None
         if trainer.global_step == 0:  # nothing trained (trainer.max_steps=0): score the module as built
             trainer.validate(module, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -1,4 +1,5 @@
 from lmpretrain.callbacks.evaluation import EvaluationSuite
+from lmpretrain.callbacks.preemption import Preemption
 from lmpretrain.callbacks.throughput import TokenThroughput
 
-__all__ = ["EvaluationSuite", "TokenThroughput"]
+__all__ = ["EvaluationSuite", "Preemption", "TokenThroughput"]

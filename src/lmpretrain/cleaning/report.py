@@ -274,14 +274,12 @@ def plot_coverage(sources: dict, path: Path) -> str:
     return _save(plt, fig, path)
 
 
+# The plots write_plots draws, in its order (prepare lists them as its own files before writing).
+PLOT_FILES = ("stages.png", "drop_reasons.png", "languages.png", "lengths.png", "top_ngrams.png", "vocab_coverage.png")
+
+
 def write_plots(report: dict, directory: Path) -> list[str]:
     directory.mkdir(parents=True, exist_ok=True)
     sources = report["sources"]
-    return [f"{directory.name}/{name}" for name in (
-        plot_stages(sources, directory / "stages.png"),
-        plot_drop_reasons(sources, directory / "drop_reasons.png"),
-        plot_languages(sources, directory / "languages.png"),
-        plot_lengths(sources, directory / "lengths.png"),
-        plot_top_ngrams(sources, directory / "top_ngrams.png"),
-        plot_coverage(sources, directory / "vocab_coverage.png"),
-    )]
+    plots = (plot_stages, plot_drop_reasons, plot_languages, plot_lengths, plot_top_ngrams, plot_coverage)
+    return [f"{directory.name}/{plot(sources, directory / name)}" for plot, name in zip(plots, PLOT_FILES)]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from lmpretrain.atomic import atomic_write
 from lmpretrain.errors import ConfigError
 
 
@@ -21,7 +22,7 @@ def consolidate_checkpoint(folder: str | Path, output: str | Path | None = None)
         raise ConfigError(f"{folder} is not a sharded checkpoint folder (no meta.pt); it may already be one file")
     output = Path(output) if output else folder.with_name(folder.stem + ".consolidated.ckpt")
     checkpoint = _load_distributed_checkpoint(folder)  # full (unsharded) tensors, keys as in one process
-    torch.save(checkpoint, output)
+    atomic_write(output, lambda tmp: torch.save(checkpoint, tmp))
     return output
 
 

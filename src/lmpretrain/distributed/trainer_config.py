@@ -115,9 +115,49 @@ def check_tensor_parallel(tp: int, world: int, model) -> None:
         raise ConfigError("; ".join(problems) + "; change trainer.strategy.tensor_parallel")
 
 
+# Trainer settings that must be whole numbers (at least the given minimum) / numbers of either kind.
+INTEGER_SETTINGS = {"max_steps": -1, "max_epochs": -1, "num_nodes": 1, "accumulate_grad_batches": 1,
+                    "log_every_n_steps": 1, "num_sanity_val_steps": -1}
+NUMBER_SETTINGS = ("gradient_clip_val", "val_check_interval", "limit_val_batches", "limit_train_batches")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_trainer_values(trainer: DictConfig, batch_size) -> None:
+    """Types and ranges of the Trainer settings (a typo like trainer.max_steps=abc would otherwise
+    fail deep inside Lightning), all problems listed at once."""
+    problems = []
+    for key, least in INTEGER_SETTINGS.items():
+        value = trainer.get(key)
+        if value is None:
+            continue
+        if not _is_int(value):
+            problems.append(f"trainer.{key}={value!r} is not a whole number")
+        elif value < least:
+            problems.append(f"trainer.{key}={value} must be >= {least}")
+    for key in NUMBER_SETTINGS:
+        value = trainer.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"trainer.{key}={value!r} is not a number")
+        elif value < 0:
+            problems.append(f"trainer.{key}={value} must be >= 0")
+    if not _is_int(batch_size) or batch_size < 1:
+        problems.append(f"data.batch_size={batch_size!r} must be a whole number >= 1")
+    devices = trainer.get("devices")
+    if not (devices in ("auto", -1, "-1") or (_is_int(devices) and devices >= 1) or OmegaConf.is_list(devices)):
+        problems.append(f"trainer.devices={devices!r} must be a number >= 1, a list of device ids, or auto")
+    if problems:
+        raise ConfigError("; ".join(problems) + "; fix these overrides")
+
+
 def resolve_trainer_config(cfg: DictConfig) -> DictConfig:
     """A copy of `cfg.trainer` with precision and accumulation resolved and checked."""
     trainer = cfg.trainer.copy()
+    check_trainer_values(trainer, cfg.data.get("batch_size"))
     world = world_size(trainer.devices, trainer.num_nodes, trainer.accelerator)
     tp = tensor_parallel_size(trainer.strategy)
     check_tensor_parallel(tp, world, cfg.model)

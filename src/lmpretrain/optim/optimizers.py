@@ -64,3 +64,28 @@ def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-3, wei
     if fused is not None:
         kwargs["fused"] = bool(fused)
     return optimizers[name](weight_decay_groups(model, weight_decay), lr=lr, **kwargs)
+
+
+def check_optimizer_config(cfg: dict) -> None:
+    """Reject optimizer settings torch would refuse only once training starts (a negative lr, a
+    string where a number goes): built once on a one-weight stand-in, so every torch check runs."""
+    cfg = dict(cfg)
+    problems = []
+    for key in ("lr", "weight_decay"):
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"optimizer.{key}={value!r} is not a number")
+        elif key == "lr" and not value > 0:
+            problems.append(f"optimizer.lr={value} must be positive, e.g. optimizer.lr=1e-3")
+        elif key == "weight_decay" and value < 0:
+            problems.append(f"optimizer.weight_decay={value} must be >= 0")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    try:
+        build_optimizer(nn.Linear(1, 1, bias=False), **cfg)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"optimizer settings rejected ({e}); fix the optimizer.* values") from None

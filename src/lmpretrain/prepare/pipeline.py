@@ -34,13 +34,20 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
-from lmpretrain.atomic import atomic_write, atomic_write_json
+from lmpretrain.atomic import atomic_write, atomic_write_json, remove_orphans
 from lmpretrain.cleaning.clean import CleaningConfig, CleaningPool
 from lmpretrain.cleaning.dedup import DedupConfig
 from lmpretrain.cleaning.filters import QualityConfig
 from lmpretrain.cleaning.langid import LangIdConfig
 from lmpretrain.cleaning.normalize import NormalizeConfig
-from lmpretrain.cleaning.report import NgramSample, ReportConfig, fallback_mask, source_report, write_plots
+from lmpretrain.cleaning.report import (
+    PLOT_FILES,
+    NgramSample,
+    ReportConfig,
+    fallback_mask,
+    source_report,
+    write_plots,
+)
 from lmpretrain.data.corpus import sha256_file
 from lmpretrain.data.shard_format import FORMAT, SPLITS, VERSION, ShardInfo, token_dtype
 from lmpretrain.errors import ConfigError
@@ -48,7 +55,7 @@ from lmpretrain.paths import register_resolvers
 from lmpretrain.prepare.cleaned import CleanedSource, assign_split, clean_source, deduplicate
 from lmpretrain.prepare.shard_writer import ShardWriter, plan_shards
 from lmpretrain.prepare.sources import SourceConfig, input_stats
-from lmpretrain.tokenizers.build import TokenizerConfig, train_tokenizer
+from lmpretrain.tokenizers.build import TokenizerConfig, read_tokenizer, train_tokenizer
 
 register_resolvers()  # ${repo_root:} and ${data_root:} in conf/prepare*.yaml
 
@@ -160,16 +167,56 @@ def _summary(out: Path, manifest: dict) -> dict:
             "vocab_size": manifest["vocab_size"], "dtype": manifest["dtype"]}
 
 
+OWNER_FILE = ".lmpretrain-prepare.json"  # marks an output folder as prepare's; lists what it wrote there
+
+
+def claim_output_dir(out: Path) -> None:
+    """prepare writes only into a folder that is new, empty or its own (marked by OWNER_FILE, or an
+    older output's manifest), so it never overwrites or deletes a user's files."""
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / OWNER_FILE).is_file():
+        return
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        try:
+            old = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if isinstance(old, dict) and old.get("format") == FORMAT:  # written before OWNER_FILE existed
+            shards = [s[k] for s in old.get("shards", []) for k in ("bin", "idx", "sent") if s.get(k)]
+            _record(out, ["manifest.json", "tokenizer.json", "report.json", *shards])
+            return
+    if foreign := sorted(p.name for p in out.iterdir()):
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise ConfigError(f"output_dir={out} holds files prepare did not write ({', '.join(foreign[:3])}{more}); "
+                          f"give a new or empty folder, output_dir=...")
+    _record(out, [])
+
+
+def _listed(out: Path) -> list[str]:
+    path = out / OWNER_FILE
+    return json.loads(path.read_text())["files"] if path.is_file() else []
+
+
+def _record(out: Path, names: list[str]) -> None:
+    """Add `names` (relative to `out`) to the files prepare owns there, before writing them."""
+    listed = _listed(out)
+    atomic_write_json(out / OWNER_FILE, {"files": listed + [n for n in names if n not in listed]})
+
+
 def _clear_previous_output(out: Path, work: Path) -> None:
-    """Remove an older output (manifest first, so no reader trusts it) once, when this
-    fingerprint first reaches the output stage; later resumes keep their own finished shards."""
+    """Remove an older output (manifest first, so no reader trusts it) once, when this fingerprint
+    first reaches the output stage; only files listed in OWNER_FILE, i.e. written by prepare. Later
+    resumes keep their own finished shards."""
     marker = work / "output_started"
     if marker.is_file():
         return
     (out / "manifest.json").unlink(missing_ok=True)
-    for pattern in ("*.bin", "*.idx.npy", "*.sent.npy", "tokenizer.json", "report.json", "plots/*.png"):
-        for path in out.glob(pattern):
-            path.unlink()
+    for name in _listed(out):
+        path = out / name
+        if path.resolve().parent.is_relative_to(out.resolve()):  # a listed name never leads outside
+            path.unlink(missing_ok=True)
+    atomic_write_json(out / OWNER_FILE, {"files": []})
     marker.touch()
 
 
@@ -186,9 +233,10 @@ def get_tokenizer(pc: PrepareConfig, sources: list[CleanedSource], out: Path, wo
     if marker.is_file() and path.is_file() and sha256_file(path) == marker.read_text():
         return Tokenizer.from_file(str(path))
     if pc.tokenizer.path:
-        tok = Tokenizer.from_file(str(Path(pc.tokenizer.path).expanduser()))
+        tok = read_tokenizer(Path(pc.tokenizer.path).expanduser(), "tokenizer.path")
     else:
         tok = train_tokenizer(pc.tokenizer, _texts_for_tokenizer(sources))
+    _record(out, [path.name])
     atomic_write(path, lambda tmp: tok.save(str(tmp)))
     atomic_write(marker, lambda tmp: tmp.write_text(sha256_file(path)))
     return tok
@@ -213,6 +261,8 @@ def write_outputs(pc: PrepareConfig, sources: list[CleanedSource], out: Path, wo
     dtype = token_dtype(vocab_size)
     writer = ShardWriter(out, work, tok, eos_id, dtype, fallback_mask(tok))
     plans = {s.name: plan_shards(s, int(pc.shard_size_mb * 1e6), pc.sentences.enabled) for s in sources}
+    _record(out, [name for tasks in plans.values() for t in tasks for name in (t.info.bin, t.info.idx, t.info.sent)
+                  if name])
     task = progress.add_task("tokenize shards", total=sum(map(len, plans.values())))
     reports, infos = {}, []
     for src in sources:
@@ -237,6 +287,7 @@ def write_outputs(pc: PrepareConfig, sources: list[CleanedSource], out: Path, wo
         else dataclasses.asdict(pc) if isinstance(raw_cfg, PrepareConfig) else raw_cfg,
         "shards": [info.to_json() for info in infos],
     }
+    _record(out, ["manifest.json"])
     atomic_write_json(out / "manifest.json", manifest)  # last: the output is complete
     return _summary(out, manifest)
 
@@ -246,6 +297,7 @@ def _write_report(pc: PrepareConfig, reports: dict, counts: dict, out: Path) -> 
     read = sum(r["stages"]["read"]["documents"] for r in reports.values())
     report["duplicates"] = {kind: sum(r["duplicates"][kind] for r in reports.values()) / max(read, 1)
                             for kind in ("exact", "near")}
+    _record(out, ["report.json", *(f"plots/{name}" for name in PLOT_FILES if pc.report.plots)])
     if pc.report.plots:
         report["plots"] = write_plots(report, out / "plots")
     atomic_write_json(out / "report.json", report)
@@ -259,7 +311,9 @@ def prepare(cfg: DictConfig | dict | PrepareConfig) -> dict:
     start = time.perf_counter()
     pc = cfg if isinstance(cfg, PrepareConfig) else load_config(cfg)
     out = Path(pc.output_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(out)
+    for folder in (out, out / ".work", out / "plots"):  # temp files of writes a kill interrupted
+        remove_orphans(folder)
     fp = fingerprint(pc)
     if (done := completed_summary(out, fp)) is not None:
         return {**done, "skipped": True, "seconds": time.perf_counter() - start}

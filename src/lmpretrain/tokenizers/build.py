@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from lmpretrain.atomic import atomic_write
 from lmpretrain.errors import ConfigError
 
 KINDS = ("char", "bpe", "wordpiece", "unigram")
@@ -133,7 +134,7 @@ def load_or_train_tokenizer(
     """
     if cfg.path is not None:
         path = Path(cfg.path).expanduser()
-        return Tokenizer.from_file(str(path)), path
+        return read_tokenizer(path, "tokenizer.path"), path
     key_src = json.dumps({"cfg": asdict(cfg), "corpus": corpus_fingerprint}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{cfg.kind}-{key}" / "tokenizer.json"
@@ -141,7 +142,15 @@ def load_or_train_tokenizer(
         return Tokenizer.from_file(str(path)), path
     tok = train_tokenizer(cfg, texts())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tok.save(str(tmp))
-    os.replace(tmp, path)  # atomic: a concurrent rank never reads a half-written file
+    atomic_write(path, lambda tmp: tok.save(str(tmp)))  # a concurrent rank never reads a half-written file
     return tok, path
+
+
+def read_tokenizer(path: Path, key: str) -> Tokenizer:
+    """A tokenizer.json the user points to (`key` names the setting), or one ConfigError saying why not."""
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{key}={path} is not a tokenizer.json the tokenizers library can read ({why}); give "
+                          f"a file saved by Tokenizer.save, or unset {key} to train one") from None

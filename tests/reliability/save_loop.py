@@ -1,0 +1,31 @@
+"""Child process of test_crash_proof_saves: save last.ckpt over and over until killed. Checkpoint n
+holds `n` in every element of its tensors, so a reader can tell a whole file from a mix of two.
+Prints each n once saved.
+
+    save_loop.py FOLDER NUMEL plugin   the Trainer's plugin, AtomicCheckpointIO (imports Lightning: slow start)
+    save_loop.py FOLDER NUMEL atomic   the same steps (torch.save to memory, atomic_write) without Lightning
+"""
+
+import io
+import sys
+
+import torch
+
+from lmpretrain.atomic import atomic_write, write_bytes
+
+folder, numel, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if how == "plugin":
+    from lmpretrain.checkpoints import AtomicCheckpointIO
+
+    save = AtomicCheckpointIO().save_checkpoint
+else:
+    def save(checkpoint, path):
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write(path, lambda tmp: write_bytes(tmp, buffer.getbuffer()))
+n = 0
+while True:
+    n += 1
+    save({"n": n, "state_dict": {"w": torch.full((numel,), float(n)), "b": torch.full((7,), float(n))}},
+         f"{folder}/last.ckpt")
+    print(n, flush=True)
