@@ -68,6 +68,9 @@ def build_run(cfg: DictConfig, module_group: str) -> Run:
         resume = None if sharded else read_checkpoint(cfg.ckpt_path, "ckpt_path", mmap=True)
     pretrained = read_pretrained(cfg.pretrained) if cfg.get("pretrained") else None
     model = pretrained["model"] if pretrained else to_dict(cfg.model)
+    if pretrained:  # `${model.arch}` and the like in other groups (seq2seq data.layout) mean the checkpoint's
+        with open_dict(cfg):
+            cfg.model = model
     datamodule = instantiate(cfg.data)
     datamodule.connect(tokenizer=Tokenizer.from_str(pretrained["tokenizer_json"]) if pretrained else None,
                        block_size=model.get("block_size"))

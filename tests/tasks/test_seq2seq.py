@@ -4,6 +4,7 @@ generate -> detokenize -> sacreBLEU 1.0)."""
 
 import math
 
+import pytest
 import torch
 
 from conftest import DATA, make_cfg
@@ -91,6 +92,23 @@ def test_translation_from_scratch_with_t5_logs_generation_metrics(tmp_path):
 def test_dialogue_from_scratch_with_gpt_logs_generation_metrics(tmp_path):
     metrics = finetune(make_cfg(tmp_path, ["task=dialogue_chatterbot", "model=gpt_tiny", *FAST], config_name="finetune"))
     check_generation_metrics(metrics)
+
+
+@pytest.mark.slow
+def test_a_decoder_checkpoint_sets_the_layout_of_a_preset_that_defaults_to_t5(tmp_path):
+    """translation_en_es defaults to model=t5_tiny (data.layout: ${model.arch}); with pretrained= a
+    GPT checkpoint the layout must follow the checkpoint, not the model group."""
+    from lmpretrain.train import train
+
+    train(make_cfg(tmp_path / "pre", ["data=debian", "tokenizer=wordpiece", "tokenizer.lowercase=false",
+                                      "model=gpt_tiny", "debug=fast", "trainer.accelerator=cpu"]))
+    ckpt = tmp_path / "pre" / "checkpoints" / "last.ckpt"
+    fast = [o for o in FAST if not o.startswith("tokenizer.")]
+    metrics = finetune(make_cfg(tmp_path / "ft", ["task=dialogue_chatterbot", f"pretrained={ckpt}", *fast],
+                                config_name="finetune"))
+    check_generation_metrics(metrics)
+    module = Seq2SeqModule.load_from_checkpoint(tmp_path / "ft" / "checkpoints" / "last.ckpt")
+    assert module.layout == "decoder" and module.hparams.model["arch"] == "gpt"
 
 
 def memorize(dm: Seq2SeqDataModule, model: dict, records: list[dict], steps: int) -> tuple[list[str], dict]:
