@@ -75,3 +75,15 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path, files, overrides, patt
     assert re.fullmatch(pattern, r.stderr.strip()), r.stderr[-3000:]  # that one line and nothing else
     assert not list(tmp_path.rglob("*.ckpt"))  # stopped before the Trainer wrote anything
     assert torch.load(files["good"], weights_only=True)["global_step"] == 2  # a resume input is never modified
+
+
+def test_checks_draw_nothing_from_the_seeded_rng():
+    """The up-front checks run after seed_everything: drawing a random number there (e.g. building
+    an nn.Linear) would change the model's initialisation, and every run's losses with it."""
+    from lmpretrain.optim import check_optimizer_config
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    check_optimizer_config({"name": "adamw", "lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.95]})
+    assert torch.equal(torch.rand(3), expected)

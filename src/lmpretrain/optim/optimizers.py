@@ -83,8 +83,10 @@ def check_optimizer_config(cfg: dict) -> None:
             problems.append(f"optimizer.weight_decay={value} must be >= 0")
     if problems:
         raise ConfigError("; ".join(problems))
+    stand_in = nn.Module()
+    stand_in.weight = nn.Parameter(torch.zeros(1, 1))  # not nn.Linear: its init would draw from the seeded RNG
     try:
-        build_optimizer(nn.Linear(1, 1, bias=False), **cfg)
+        build_optimizer(stand_in, **cfg)
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:
