@@ -117,3 +117,24 @@ def test_cli_sigterm_exits_143_with_one_line_and_resumes(tmp_path):
     _, err = resume.communicate(timeout=240)
     assert resume.returncode == 0, err[-3000:]
     assert torch.load(last, weights_only=True)["global_step"] == step + 2
+
+
+@pytest.mark.slow
+def test_ddp_sigterm_to_the_launching_process_stops_both_ranks_at_one_step(tmp_path):
+    """strategy=ddp on 2 CPU processes: SIGTERM to rank 0 (which started rank 1) reaches both; they agree
+    on the step, rank 0 saves, both exit 143 without hanging; ~45 s."""
+    args = ["lmpretrain.train", "debug=fast", "global_batch_size=8", "trainer.max_steps=300", "scheduler.max_steps=300",
+            "trainer.val_check_interval=5", "trainer.limit_val_batches=1", "trainer.accelerator=cpu",
+            "data.batch_size=4", "trainer.devices=2", "strategy=ddp", f"hydra.run.dir={tmp_path}"]
+    proc = run_cli(*args)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("error: preempted")]
+    steps = {int(re.match(r"error: preempted by SIGTERM at step (\d+):", line).group(1)) for line in lines}
+    assert len(lines) == 2 and len(steps) == 1, lines  # one line per rank, the same step
+    assert torch.load(last, weights_only=True)["global_step"] == steps.pop()

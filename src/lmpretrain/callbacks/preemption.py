@@ -72,7 +72,7 @@ class Preemption(L.Callback):
         if not stop:
             return
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # everything a resume needs
         name = signal.Signals(self.received or signal.SIGTERM).name
         raise Preempted(f"preempted by {name} at step {trainer.global_step}: saved {path}; resume with "
                         f"ckpt_path=last (or ckpt_path={path})", self.received or signal.SIGTERM)
