@@ -1,0 +1,232 @@
+"""Does pretraining pay off? Classic baselines vs from-scratch vs pretrained, every task, one run.
+
+    python bench/downstream.py                       # the README table (~1 h on 2 cores)
+    python bench/downstream.py --tasks spam,qa_wordnet --finetune-scale 2   # longer fine-tuning
+    python bench/downstream.py --smoke               # a few steps each: checks the plumbing only
+
+For each downstream task, on its test split and on the same machine:
+  (a) the classic baseline a user reaches for first: TF-IDF (1-2 grams) + LinearSVC for the
+      classification tasks; all-O for NER; the first entry's gloss for QA; TF-IDF cosine for
+      similarity; copying the source for translation; the description's first 12 words as the
+      summary for summarization;
+  (b) the task's model trained from scratch (its tokenizer trained on the task's training split);
+  (c) the same architecture fine-tuned from a checkpoint this project pretrained on the text in
+      ../shared/data: MLM (`experiment=bert_mlm_tiny`) for the encoder tasks, span corruption
+      (`experiment=t5_span_tiny`, cased WordPiece) for the seq2seq tasks, both on the Debian
+      package descriptions of the training split (labels are never read).
+Scratch and pretrained runs of a task get the same steps, batch, learning rate and schedule.
+
+Results are appended to `<out>/results.json` as they arrive (a rerun skips what is there; delete
+the file to start over) and printed as one Markdown table at the end with the wall time per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from lmpretrain.paths import data_root  # noqa: E402
+
+CPU = ["trainer.accelerator=cpu", "logger=csv"]
+
+# The pretraining runs the fine-tuned models start from (steps at --scale 1).
+PRETRAIN = {
+    "mlm": {"overrides": ["experiment=bert_mlm_tiny"], "steps": 2000},
+    "span": {"overrides": ["experiment=t5_span_tiny", "tokenizer.lowercase=false"], "steps": 1000},
+}
+
+# Per task: the pretraining it starts from, steps at --finetune-scale 1, fine-tuning overrides shared by the
+# scratch and pretrained runs, the test metrics shown (the first is the headline), the baseline.
+TASKS = {
+    "spam": dict(pretrain="mlm", steps=300, overrides=["optimizer.lr=1e-3"],
+                 metrics=["test/acc", "test/f1"], baseline="tfidf_svc"),
+    "debian_section": dict(pretrain="mlm", steps=500, overrides=["optimizer.lr=1e-3"],
+                           metrics=["test/acc", "test/f1"], baseline="tfidf_svc"),
+    "ner_wnut": dict(pretrain="mlm", steps=300, overrides=["optimizer.lr=1e-3"],
+                     metrics=["test/f1", "test/token_acc"], baseline="all_o"),
+    "qa_wordnet": dict(pretrain="mlm", steps=300, overrides=["optimizer.lr=2e-3", "data.batch_size=16"],
+                       metrics=["test/exact_match", "test/f1"], baseline="first_entry"),
+    "similarity_lee": dict(pretrain="mlm", steps=100, overrides=["optimizer.lr=1e-3", "scheduler.warmup_steps=20"],
+                           metrics=["test/spearman", "test/pearson"], baseline="tfidf_cosine"),
+    "translation_en_es": dict(pretrain="span", steps=300, overrides=["optimizer.lr=1e-3", "task.max_eval_batches=8"],
+                              metrics=["test/sacrebleu", "test/chrf"], baseline="copy_source"),
+    "debian_summary": dict(pretrain="span", steps=300, overrides=["optimizer.lr=1e-3", "task.max_eval_batches=8"],
+                           metrics=["test/rougeL", "test/sacrebleu"], baseline="lead_12_words"),
+}
+
+
+# ---------------------------------------------------------------- (a) classic baselines
+
+def read_jsonl(name: str) -> list[dict]:
+    path = data_root() / name
+    with (gzip.open(path, "rt", encoding="utf-8") if name.endswith(".gz") else open(path, encoding="utf-8")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def tfidf_svc(train: str, test: str, text: str, label: str) -> dict[str, float]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.svm import LinearSVC
+
+    tr, te = read_jsonl(train), read_jsonl(test)
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    x = vec.fit_transform([r[text] for r in tr])
+    clf = LinearSVC().fit(x, [r[label] for r in tr])
+    pred, gold = clf.predict(vec.transform([r[text] for r in te])), [r[label] for r in te]
+    return {"test/acc": accuracy_score(gold, pred), "test/f1": f1_score(gold, pred, average="macro")}
+
+
+def baseline(task: str) -> dict[str, float]:
+    if task == "spam":
+        return tfidf_svc("spam.train.jsonl.gz", "spam.test.jsonl.gz", "text", "label")
+    if task == "debian_section":
+        return tfidf_svc("debian_packages.train.jsonl.gz", "debian_packages.test.jsonl.gz", "description", "section")
+    if task == "ner_wnut":  # every word tagged O: token accuracy = the share of O tags, no entity found
+        tags = [line.split()[-1] for line in (data_root() / "ner_wnut.test.conll").read_text().splitlines()
+                if line.strip()]
+        return {"test/f1": 0.0, "test/token_acc": sum(t == "O" for t in tags) / len(tags)}
+    if task == "qa_wordnet":  # answer with the first entry's gloss
+        from lmpretrain.metrics import SquadMetrics
+
+        metric = SquadMetrics()
+        records = read_jsonl("qa_wordnet.test.jsonl.gz")
+        first = [re.match(r"^.*? \((?:noun|verb|adjective|adverb)\): (.*?)(?:; \".*)?$",
+                          r["context"].split("\n")[0]).group(1) for r in records]
+        metric.update(first, [r["answers"]["text"] for r in records])
+        return {f"test/{k}": float(v) for k, v in metric.compute().items()}
+    if task == "similarity_lee":  # TF-IDF cosine on the test pairs of the by-document split
+        import numpy as np
+        from scipy.stats import pearsonr, spearmanr
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        from lmpretrain.data.corpus import split_by_hash
+
+        records = read_jsonl("similarity_lee.jsonl")
+        split = {t: split_by_hash(t, 0.25, 0.25) for r in records for t in (r["text_a"], r["text_b"])}
+        test = [r for r in records if split[r["text_a"]] == split[r["text_b"]] == "test"]
+        vec = TfidfVectorizer().fit(sorted(d for d, s in split.items() if s == "train"))  # training docs only
+        a, b = vec.transform([r["text_a"] for r in test]), vec.transform([r["text_b"] for r in test])
+        cos, gold = np.asarray(a.multiply(b).sum(1)).ravel(), [r["score"] for r in test]
+        return {"test/spearman": float(spearmanr(cos, gold)[0]), "test/pearson": float(pearsonr(cos, gold)[0])}
+    if task in ("translation_en_es", "debian_summary"):
+        from lmpretrain.metrics import GenerationMetrics
+
+        if task == "translation_en_es":
+            records = read_jsonl("translation_en_es.test.jsonl.gz")
+            preds, refs = [r["en"] for r in records], [r["es"] for r in records]
+        else:
+            records = read_jsonl("debian_packages.test.jsonl.gz")
+            preds, refs = [" ".join(r["description"].split()[:12]) for r in records], [r["summary"] for r in records]
+        metric = GenerationMetrics(["sacrebleu", "chrf", "rouge"])
+        metric.update(preds, refs)
+        return {f"test/{k}": float(v) for k, v in metric.compute().items()}
+    raise KeyError(task)
+
+
+# ---------------------------------------------------------------- (b), (c) lmpretrain runs
+
+def compose(config_name: str, overrides: list[str], out: Path):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from lmpretrain.config import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        del cfg.hydra
+    return cfg
+
+
+def steps(n: int, scale: float) -> int:
+    return max(2, int(round(n * scale)))
+
+
+def pretrain(name: str, out: Path, scale: float) -> Path:
+    from lmpretrain.train import train
+
+    spec, ckpt = PRETRAIN[name], out / f"pretrain_{name}" / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        n = steps(spec["steps"], scale)
+        train(compose("train", [*spec["overrides"], *CPU, f"trainer.max_steps={n}",
+                                f"trainer.val_check_interval={max(1, n // 4)}"], out / f"pretrain_{name}"))
+    return ckpt
+
+
+def finetune_run(task: str, ckpt: Path | None, out: Path, scale: float) -> dict[str, float]:
+    from lmpretrain.finetune import finetune
+
+    spec, n = TASKS[task], steps(TASKS[task]["steps"], scale)
+    overrides = [f"task={task}", *CPU, *spec["overrides"], f"trainer.max_steps={n}",
+                 f"trainer.val_check_interval={max(1, n // 3)}"]
+    if ckpt is not None:
+        overrides.append(f"pretrained={ckpt}")
+    return finetune(compose("finetune", overrides, out / f"{task}_{'pretrained' if ckpt else 'scratch'}"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated, from: " + ", ".join(TASKS))
+    p.add_argument("--scale", type=float, default=1.0, help="multiplies every pretraining step budget")
+    p.add_argument("--finetune-scale", type=float, default=1.0, help="multiplies every fine-tuning step budget")
+    p.add_argument("--smoke", action="store_true", help="a few steps each (plumbing check, scale 0.005)")
+    p.add_argument("--out", type=Path, default=REPO / "logs" / "bench_downstream")
+    args = p.parse_args()
+    scale = 0.005 if args.smoke else args.scale
+    ft_scale = 0.005 if args.smoke else args.finetune_scale
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        sys.exit(f"error: unknown task(s) {unknown}; pick from {list(TASKS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_path = args.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+
+    def record(key: str, fn) -> None:
+        if key in results:
+            return
+        start = time.perf_counter()
+        metrics = fn()
+        results[key] = {"metrics": {k: float(v) for k, v in metrics.items()}, "seconds": time.perf_counter() - start}
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"[downstream] {key}: {results[key]['seconds']:.0f} s", flush=True)
+
+    for name in sorted({TASKS[t]["pretrain"] for t in tasks}):
+        record(f"pretrain/{name}", lambda: {"steps": steps(PRETRAIN[name]["steps"], scale),
+                                            "ok": float(pretrain(name, args.out, scale).is_file())})
+    for task in tasks:
+        record(f"{task}/baseline", lambda: baseline(task))
+        record(f"{task}/scratch", lambda: finetune_run(task, None, args.out, ft_scale))
+        ckpt = pretrain(TASKS[task]["pretrain"], args.out, scale)
+        record(f"{task}/pretrained", lambda: finetune_run(task, ckpt, args.out, ft_scale))
+
+    print(f"\nfine-tuning steps per task (scale {ft_scale}): "
+          + ", ".join(f"{t} {steps(TASKS[t]['steps'], ft_scale)}" for t in tasks))
+    print("\n| task | metric | baseline | scratch | pretrained | pretrained / scratch | s (scratch / pretrained) |")
+    print("|---|---|---|---|---|---|---|")
+    for task in tasks:
+        for metric in TASKS[task]["metrics"]:
+            row = [results[f"{task}/{kind}"]["metrics"].get(metric, float("nan")) for kind in ("baseline", "scratch", "pretrained")]
+            ratio = row[2] / row[1] if row[1] else float("inf")
+            secs = f"{results[f'{task}/scratch']['seconds']:.0f} / {results[f'{task}/pretrained']['seconds']:.0f}"
+            print(f"| {task} | {metric} | {row[0]:.3f} | {row[1]:.3f} | {row[2]:.3f} | {ratio:.2f} | {secs} |")
+    for name in sorted({TASKS[t]["pretrain"] for t in tasks}):
+        print(f"pretraining {name}: {results[f'pretrain/{name}']['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
