@@ -186,3 +186,21 @@ def test_one_file_is_split_by_a_hash_of_a_field(tmp_path):
     assert not (prompts["train"] & prompts["val"]) and not (prompts["train"] & prompts["test"])
     assert not (prompts["val"] & prompts["test"])
     assert set(dm.labels) == {r["topic"] for r in parts["train"]}
+
+
+def test_tokenizer_cache_key_follows_the_training_text(tmp_path):
+    """A from-scratch tokenizer is trained on the training split only: another split of the same file
+    (other fractions) or other text fields must train a new one, not reuse the cached one."""
+    path = DATA / "dialogue_chatterbot.jsonl"
+    one = {"train": str(path), "val": str(path), "test": str(path)}
+
+    def vocab(**kw):
+        dm = LabeledDataModule("classification", one, label_field="topic", split_by="prompt", labels=None,
+                               tokenizer=WORDPIECE, cache_dir=str(tmp_path / "c"), **kw)
+        dm.prepare_data()
+        return dm.tokenizer.get_vocab()
+
+    base = vocab(text_field="prompt", val_fraction=0.1, test_fraction=0.1)
+    assert vocab(text_field="prompt", val_fraction=0.1, test_fraction=0.1) == base  # the cache hit
+    assert vocab(text_field="prompt", val_fraction=0.4, test_fraction=0.1) != base
+    assert vocab(text_field="response", val_fraction=0.1, test_fraction=0.1) != base

@@ -214,6 +214,12 @@ class LabeledDataModule(StreamingDataModule):
         return out
 
     # -- setup -----------------------------------------------------------------------------------
+    def text_settings(self) -> tuple:
+        """What decides the training text a from-scratch tokenizer is trained on (its cache key,
+        with the file): the family, the text fields and, for one file, the split."""
+        split = (self.split_by, self.val_fraction, self.test_fraction) if self.split_by else None
+        return type(self).__name__, self.family, self.text_field, self.text_b_field, split
+
     def record_texts(self, record: dict) -> list[str]:
         """The texts of a record that the tokenizer reads (and, from scratch, is trained on)."""
         if self.family == "token_classification":
@@ -245,7 +251,7 @@ class LabeledDataModule(StreamingDataModule):
             if self.tokenizer_cfg is None:
                 raise ConfigError("no tokenizer: pass pretrained=<checkpoint> or a tokenizer config")
             cfg = TokenizerConfig(**self.tokenizer_cfg)
-            fingerprint = corpus_fingerprint([self.paths["train"]], self.family, self.text_field, self.text_b_field)
+            fingerprint = corpus_fingerprint([self.paths["train"]], *self.text_settings())
             self.tokenizer, _ = load_or_train_tokenizer(cfg, lambda: self.texts("train"), fingerprint,
                                                         self.cache_dir / "tokenizers")
         self.labels = self._scan_labels()

@@ -87,6 +87,9 @@ class QADataModule(LabeledDataModule):
         self.max_question_tokens, self.doc_stride, self.negative_windows = max_question_tokens, doc_stride, negative_windows
 
     # -- per-record hooks ------------------------------------------------------------------------
+    def text_settings(self) -> tuple:
+        return (*super().text_settings(), self.question_field, self.context_field)
+
     def record_texts(self, record: dict) -> list[str]:
         return [record[self.question_field], record[self.context_field]]
 

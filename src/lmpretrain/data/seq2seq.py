@@ -64,6 +64,9 @@ class Seq2SeqDataModule(LabeledDataModule):
         self.eos_token, self.sep_token, self.start_token = eos_token, sep_token, start_token
 
     # -- per-record hooks ------------------------------------------------------------------------
+    def text_settings(self) -> tuple:
+        return (*super().text_settings(), self.source_field, self.target_field)
+
     def record_texts(self, record: dict) -> list[str]:
         return [record[self.source_field], record[self.target_field]]
 
