@@ -44,12 +44,15 @@ def read_checkpoint(path: str | Path, key: str, mmap: bool = False) -> dict:
                           f"pass a .ckpt written by lmpretrain") from None
 
 
-def resolve_ckpt_path(value: str | Path, output_dir: Path, run_root: Path) -> Path:
+def resolve_ckpt_path(value: str | Path, output_dir: Path, run_root: Path) -> Path | None:
     """`ckpt_path=last`: the newest last.ckpt under this run's folder or under logs/<name> (the folder
-    of every earlier run of that name); any other value is a path."""
-    if str(value) != "last":
+    of every earlier run of that name); `auto`: the same, or None (start fresh) when there is none,
+    for a job that a scheduler requeues with the same command; any other value is a path."""
+    if str(value) not in ("last", "auto"):
         return Path(value).expanduser()
     found = [p for root in (output_dir, run_root) if root.is_dir() for p in root.rglob("last.ckpt")]
+    if not found and str(value) == "auto":
+        return None
     if not found:
         raise ConfigError(f"ckpt_path=last: no last.ckpt under {output_dir} or {run_root}; pass the checkpoint "
                           f"file, ckpt_path=.../checkpoints/last.ckpt, or keep the run's name=")

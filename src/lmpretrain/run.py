@@ -52,7 +52,8 @@ def build_run(cfg: DictConfig, module_group: str) -> Run:
 
     With `cfg.pretrained` (a checkpoint path), the network config, its weights and the tokenizer
     come from that checkpoint; otherwise from the `model` and `tokenizer` groups. `cfg.ckpt_path`
-    (`last`: the newest last.ckpt of the run's folder or logs/<name>, written back into cfg) must be
+    (`last`: the newest last.ckpt of the run's folder or logs/<name>; `auto`: that or none; written
+    back into cfg) must be
     a training checkpoint of this very network; that and the trainer/optimizer values are checked
     before anything is built.
     """
@@ -60,10 +61,12 @@ def build_run(cfg: DictConfig, module_group: str) -> Run:
     trainer_cfg = check_all(lambda: resolve_trainer_config(cfg),  # precision=auto, global batch -> accumulation
                             lambda: check_optimizer_config(to_dict(cfg.optimizer)))[0]
     resume = None
-    if cfg.get("ckpt_path"):  # `last` -> the newest last.ckpt; a file that cannot resume fails here
+    if cfg.get("ckpt_path"):  # `last`/`auto` -> the newest last.ckpt; a file that cannot resume fails here
+        runs = Path(cfg.paths.log_dir) / str(cfg.get("name", ""))
+        path = resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.output_dir), runs)
         with open_dict(cfg):
-            cfg.ckpt_path = str(resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.output_dir),
-                                                  Path(cfg.paths.log_dir) / str(cfg.get("name", ""))))
+            cfg.ckpt_path = str(path) if path else None
+    if cfg.get("ckpt_path"):
         sharded = Path(cfg.ckpt_path).is_dir() and strategy_name(trainer_cfg.strategy) == "FSDP2Strategy"
         resume = None if sharded else read_checkpoint(cfg.ckpt_path, "ckpt_path", mmap=True)
     pretrained = read_pretrained(cfg.pretrained) if cfg.get("pretrained") else None

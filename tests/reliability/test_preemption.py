@@ -90,6 +90,28 @@ def test_sigusr1_mid_accumulation_saves_after_the_step_completes(tmp_path):
     assert signal.getsignal(signal.SIGUSR1) == before  # the handler is restored after the run
 
 
+def test_under_slurm_rank_0_requeues_the_job_and_auto_resumes(tmp_path, monkeypatch):
+    """SLURM_JOB_ID set: after saving, `scontrol requeue <job>` (a stand-in on PATH records it); the
+    requeued job's ckpt_path=auto finds that last.ckpt, where a first start with auto starts fresh."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.calls"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    first = make_cfg(tmp_path / "run", [*FAST, "ckpt_path=auto"])
+    _, _, error = fit(first, SignalAt(batch=2, signum=signal.SIGUSR1))
+    assert first.ckpt_path is None  # nothing to resume the first time
+    preempted = find_user_error(error)
+    assert isinstance(preempted, Preempted) and "at step 4: saved" in str(preempted), error
+    assert "; requeued SLURM job 4242; resume with" in str(preempted)
+    assert calls.read_text() == "requeue 4242\n"
+    again = make_cfg(tmp_path / "run", [*FAST, "trainer.max_steps=5", "ckpt_path=auto"])
+    _, trainer, error = fit(again)
+    assert error is None and again.ckpt_path == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert trainer.global_step == 5
+
+
 def run_cli(*args, **kw):
     return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)

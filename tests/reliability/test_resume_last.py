@@ -35,6 +35,14 @@ def test_last_with_no_checkpoint_is_one_error(tmp_path):
         resolve_ckpt_path("last", tmp_path / "run", tmp_path / "logs" / "train")
 
 
+def test_auto_is_the_newest_last_ckpt_or_none(tmp_path):
+    runs = tmp_path / "logs" / "train"
+    assert resolve_ckpt_path("auto", runs / "new", runs) is None  # a first start: train from scratch
+    newest = touch(runs / "a" / "checkpoints" / "last.ckpt", 2_000)
+    touch(runs / "b" / "checkpoints" / "last.ckpt", 1_000)
+    assert resolve_ckpt_path("auto", runs / "new", runs) == newest
+
+
 def test_a_path_is_returned_as_given(tmp_path):
     assert resolve_ckpt_path(str(tmp_path / "a.ckpt"), tmp_path, tmp_path) == tmp_path / "a.ckpt"
 

@@ -6,13 +6,19 @@ On the signal the optimizer step in progress (all its accumulated micro-batches)
 and exit status 128 + signal (143 for SIGTERM). `ckpt_path=last` resumes it with the same losses as
 an uninterrupted run.
 
+Under SLURM (`SLURM_JOB_ID` set; `requeue: auto`) rank 0 then requeues the job with
+`scontrol requeue`; a job script run with `ckpt_path=auto` resumes from the newest last.ckpt of the
+run's name when it starts again, and starts fresh the first time.
+
 Lightning's own SIGTERM handling (replaced here while training) stops after any micro-batch, saves
 nothing and exits 0, so a preempted job looked finished.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import threading
 from pathlib import Path
 
@@ -30,11 +36,26 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path:
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
 
-class Preemption(L.Callback):
-    """Save last.ckpt at the next optimizer-step boundary after one of `signals`, then stop."""
+def requeue_slurm_job() -> str:
+    """`scontrol requeue` this SLURM job (array task included); returns what happened, for the message."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if array else os.environ["SLURM_JOB_ID"]
+    try:
+        r = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"requeueing SLURM job {job} failed ({e}); resubmit it"
+    if r.returncode:
+        return f"requeueing SLURM job {job} failed ({(r.stderr or r.stdout).strip()}); resubmit it"
+    return f"requeued SLURM job {job}"
 
-    def __init__(self, signals: list[str] = ("SIGTERM", "SIGUSR1")):
+
+class Preemption(L.Callback):
+    """Save last.ckpt at the next optimizer-step boundary after one of `signals`, then stop.
+    `requeue`: auto (under SLURM), true or false."""
+
+    def __init__(self, signals: list[str] = ("SIGTERM", "SIGUSR1"), requeue: bool | str = "auto"):
         self.signals = [signal.Signals[s] if isinstance(s, str) else signal.Signals(s) for s in signals]
+        self.requeue = "SLURM_JOB_ID" in os.environ if requeue == "auto" else bool(requeue)
         self.received: int | None = None
         self._previous: dict[int, object] = {}
         self._trainer: L.Trainer | None = None
@@ -74,5 +95,6 @@ class Preemption(L.Callback):
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path, weights_only=False)  # everything a resume needs
         name = signal.Signals(self.received or signal.SIGTERM).name
-        raise Preempted(f"preempted by {name} at step {trainer.global_step}: saved {path}; resume with "
+        requeued = f"; {requeue_slurm_job()}" if self.requeue and trainer.is_global_zero else ""
+        raise Preempted(f"preempted by {name} at step {trainer.global_step}: saved {path}{requeued}; resume with "
                         f"ckpt_path=last (or ckpt_path={path})", self.received or signal.SIGTERM)
