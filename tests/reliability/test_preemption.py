@@ -91,7 +91,7 @@ def test_sigusr1_mid_accumulation_saves_after_the_step_completes(tmp_path):
 
 
 def test_under_slurm_rank_0_requeues_the_job_and_auto_resumes(tmp_path, monkeypatch):
-    """SLURM_JOB_ID set: after saving, `scontrol requeue <job>` (a stand-in on PATH records it); the
+    """SLURM_JOB_ID set: after saving on SIGUSR1, `scontrol requeue <job>` (a stand-in on PATH records it); the
     requeued job's ckpt_path=auto finds that last.ckpt, where a first start with auto starts fresh."""
     bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.calls"
     bin_dir.mkdir()
@@ -105,6 +105,10 @@ def test_under_slurm_rank_0_requeues_the_job_and_auto_resumes(tmp_path, monkeypa
     preempted = find_user_error(error)
     assert isinstance(preempted, Preempted) and "at step 4: saved" in str(preempted), error
     assert "; requeued SLURM job 4242; resume with" in str(preempted)
+    assert calls.read_text() == "requeue 4242\n"
+    # SIGTERM is also what `scancel` sends: such a job stays cancelled.
+    _, _, error = fit(make_cfg(tmp_path / "cancelled", FAST), SignalAt(batch=2, signum=signal.SIGTERM))
+    assert isinstance(find_user_error(error), Preempted) and "requeue" not in str(error)
     assert calls.read_text() == "requeue 4242\n"
     again = make_cfg(tmp_path / "run", [*FAST, "trainer.max_steps=5", "ckpt_path=auto"])
     _, trainer, error = fit(again)

@@ -6,9 +6,10 @@ On the signal the optimizer step in progress (all its accumulated micro-batches)
 and exit status 128 + signal (143 for SIGTERM). `ckpt_path=last` resumes it with the same losses as
 an uninterrupted run.
 
-Under SLURM (`SLURM_JOB_ID` set; `requeue: auto`) rank 0 then requeues the job with
-`scontrol requeue`; a job script run with `ckpt_path=auto` resumes from the newest last.ckpt of the
-run's name when it starts again, and starts fresh the first time.
+Under SLURM (`SLURM_JOB_ID` set; `requeue: auto`), after SIGUSR1 rank 0 then requeues the job with
+`scontrol requeue` (not after SIGTERM, which is also how `scancel` ends a job); a job script run
+with `ckpt_path=auto` resumes from the newest last.ckpt of the run's name when it starts again, and
+starts fresh the first time.
 
 Lightning's own SIGTERM handling (replaced here while training) stops after any micro-batch, saves
 nothing and exits 0, so a preempted job looked finished.
@@ -51,7 +52,7 @@ def requeue_slurm_job() -> str:
 
 class Preemption(L.Callback):
     """Save last.ckpt at the next optimizer-step boundary after one of `signals`, then stop.
-    `requeue`: auto (under SLURM), true or false."""
+    `requeue` (after SIGUSR1): auto (under SLURM), true or false."""
 
     def __init__(self, signals: list[str] = ("SIGTERM", "SIGUSR1"), requeue: bool | str = "auto"):
         self.signals = [signal.Signals[s] if isinstance(s, str) else signal.Signals(s) for s in signals]
@@ -95,6 +96,8 @@ class Preemption(L.Callback):
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path, weights_only=False)  # everything a resume needs
         name = signal.Signals(self.received or signal.SIGTERM).name
-        requeued = f"; {requeue_slurm_job()}" if self.requeue and trainer.is_global_zero else ""
+        # Only the notice signal: SIGTERM is also how `scancel` ends a job, which must stay cancelled.
+        requeue = self.requeue and self.received == signal.SIGUSR1 and trainer.is_global_zero
+        requeued = f"; {requeue_slurm_job()}" if requeue else ""
         raise Preempted(f"preempted by {name} at step {trainer.global_step}: saved {path}{requeued}; resume with "
                         f"ckpt_path=last (or ckpt_path={path})", self.received or signal.SIGTERM)
