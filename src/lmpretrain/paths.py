@@ -33,10 +33,15 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else repo_root() / ".cache"
 
 
-def unwritable(folder: str | Path) -> str | None:
-    """Why `folder` cannot hold a run's files (created if missing), or None when it can."""
+def unwritable(folder: str | Path, create: bool = True) -> str | None:
+    """Why `folder` cannot hold a run's files, or None when it can. `create`: make it if missing;
+    otherwise (a folder only a save would create) its nearest existing parent is tried instead."""
+    folder = Path(folder)
+    if not create:
+        while not folder.exists() and folder.parent != folder:
+            folder = folder.parent
     try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:

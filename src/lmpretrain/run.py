@@ -110,7 +110,9 @@ def build_trainer(cfg: DictConfig, trainer_cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     for cb in callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath:
-            if (why := unwritable(cb.dirpath)) is not None:  # else the first save fails, after training
+            # Else the first save fails, after training. Not created here: a run that saves nothing
+            # (trainer.max_steps=0) leaves no empty checkpoints folder behind.
+            if (why := unwritable(cb.dirpath, create=False)) is not None:
                 raise ConfigError(f"checkpoint folder {cb.dirpath} cannot be written ({why}); set "
                                   f"callbacks.model_checkpoint.dirpath= or hydra.run.dir= to a writable folder")
             for orphan in remove_orphans(Path(cb.dirpath)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lmpretrain.checkpoints import read_checkpoint
 from lmpretrain.errors import ConfigError
 from lmpretrain.models import build_network
 from lmpretrain.models.blocks import Block
@@ -18,7 +19,6 @@ from lmpretrain.models.encdec import EncoderDecoder
 from lmpretrain.models.encoder import Encoder
 from lmpretrain.models.gpt import GPT
 from lmpretrain.models.pooling import POOLINGS
-from lmpretrain.checkpoints import read_checkpoint
 from lmpretrain.module import LMModule
 
 TASK_POOLINGS = ("auto", *POOLINGS)
@@ -94,13 +94,21 @@ class FinetuneModule(LMModule):
             return net.features(batch["input_ids"], mask)
         raise ConfigError(f"fine-tuning does not know how to read a {type(net).__name__}")
 
-    # Validation and test share one metric path; subclasses define `_eval_step(split, batch)` (update
-    # `self.metrics[split]`) and `_eval_end(split)` (log `<split>/<name>` and reset).
+    # Validation and test share one metric path: subclasses define `_eval_step(split, batch)`, which
+    # updates `self.metrics[split]` (a ModuleDict of metrics); `_eval_end` logs each as
+    # `<split>/<name>` (a metric returning a dict logs each of its keys) and resets them all.
+    prog_bar_metric: str = "loss"  # the one the progress bar shows
+
     def _eval_step(self, split: str, batch: dict) -> None:
         raise NotImplementedError
 
     def _eval_end(self, split: str) -> None:
-        raise NotImplementedError
+        for name, metric in self.metrics[split].items():
+            value = metric.compute()
+            for key, v in (value.items() if isinstance(value, dict) else [(name, value)]):
+                self.log(f"{split}/{key}", v, prog_bar=key == self.prog_bar_metric)
+        for metric in self.metrics[split].values():
+            metric.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step("val", batch)

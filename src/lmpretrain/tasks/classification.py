@@ -16,6 +16,8 @@ class SequenceClassificationModule(FinetuneModule):
     `val/acc` (micro accuracy) and `val/f1` (macro F1: every class counts the same, so a model
     that ignores the rare classes cannot hide behind the frequent ones)."""
 
+    prog_bar_metric = "acc"
+
     def __init__(self, model: dict, labels: list[str], pooling: str = "auto", classifier_dropout: float = 0.1,
                  optimizer: dict | None = None, scheduler: dict | None = None):
         self.labels = self.check_labels(labels)
@@ -45,11 +47,6 @@ class SequenceClassificationModule(FinetuneModule):
         m["loss"].update(F.cross_entropy(logits, batch["labels"]), weight=len(batch["labels"]))
         m["acc"].update(logits, batch["labels"])
         m["f1"].update(logits, batch["labels"])
-
-    def _eval_end(self, split: str) -> None:
-        for name, metric in self.metrics[split].items():
-            self.log(f"{split}/{name}", metric.compute(), prog_bar=name == "acc")
-            metric.reset()
 
     @torch.no_grad()
     def predict_labels(self, batch: dict) -> list[str]:

@@ -43,6 +43,8 @@ class ExtractiveQAModule(FinetuneModule):
     max_answer_tokens: the longest span (in tokens) decoding may pick.
     """
 
+    prog_bar_metric = "exact_match"
+
     def __init__(self, model: dict, max_answer_tokens: int = 64, classifier_dropout: float = 0.1,
                  pooling: str = "auto", optimizer: dict | None = None, scheduler: dict | None = None):
         if max_answer_tokens < 1:
@@ -96,14 +98,6 @@ class ExtractiveQAModule(FinetuneModule):
         m = self.metrics[split]
         m["loss"].update(self.span_loss(start, end, batch), weight=len(batch["start_positions"]))
         m["squad"].update(self.decode(start, end, batch), batch["answers"])
-
-    def _eval_end(self, split: str) -> None:
-        m = self.metrics[split]
-        self.log(f"{split}/loss", m["loss"].compute())
-        for name, value in m["squad"].compute().items():
-            self.log(f"{split}/{name}", value, prog_bar=name == "exact_match")
-        for metric in m.values():
-            metric.reset()
 
     @torch.no_grad()
     def predict_answers(self, batch: dict) -> list[str]:

@@ -39,6 +39,8 @@ class PairSimilarityModule(FinetuneModule):
     """What both similarity modules share: predictions in [0, 1] (or cosines), one loss, and
     `val/loss`, `val/pearson`, `val/spearman` (test/* alike) over the whole split."""
 
+    prog_bar_metric = "spearman"
+
     encoding = ""  # the data.mode whose batches this module reads
 
     def _metrics(self) -> None:
@@ -74,11 +76,6 @@ class PairSimilarityModule(FinetuneModule):
         m["loss"].update(self.loss(preds, scores), weight=len(scores))
         m["pearson"].update(preds.double(), scores.double())
         m["spearman"].update(preds.double(), scores.double())
-
-    def _eval_end(self, split: str) -> None:
-        for name, metric in self.metrics[split].items():
-            self.log(f"{split}/{name}", metric.compute(), prog_bar=name == "spearman")
-            metric.reset()
 
     @torch.no_grad()
     def predict_scores(self, batch: dict) -> list[float]:

@@ -15,6 +15,8 @@ class TokenClassificationModule(FinetuneModule):
     sub-word but a word's first. Logs `val/loss`, `val/token_acc` (over words) and entity-level
     `val/precision`, `val/recall`, `val/f1` (exact spans, conlleval rules)."""
 
+    prog_bar_metric = "f1"
+
     def __init__(self, model: dict, labels: list[str], pooling: str = "auto", classifier_dropout: float = 0.1,
                  optimizer: dict | None = None, scheduler: dict | None = None):
         self.labels = self.check_labels(labels)
@@ -52,11 +54,3 @@ class TokenClassificationModule(FinetuneModule):
         m["token_acc"].update(correct.sum() / max(words, 1), weight=words)
         m["entities"].update(*self.word_tags(logits, labels))
 
-    def _eval_end(self, split: str) -> None:
-        m = self.metrics[split]
-        self.log(f"{split}/loss", m["loss"].compute())
-        self.log(f"{split}/token_acc", m["token_acc"].compute())
-        for name, value in m["entities"].compute().items():
-            self.log(f"{split}/{name}", value, prog_bar=name == "f1")
-        for metric in m.values():
-            metric.reset()
