@@ -28,6 +28,8 @@ from omegaconf import DictConfig, open_dict
 from tokenizers import Tokenizer
 
 from lmpretrain.atomic import remove_orphans
+from lmpretrain.callbacks.wandb_run import KEY as WANDB_RUN_ID
+from lmpretrain.callbacks.wandb_run import KeepWandbRunId
 from lmpretrain.checkpoints import AtomicCheckpointIO, check_resume_fits, read_checkpoint, resolve_ckpt_path
 from lmpretrain.config import check_model_fits_data, to_dict, wandb_offline_unless_configured
 from lmpretrain.distributed import resolve_trainer_config, resolve_unused_parameters, strategy_name
@@ -84,11 +86,13 @@ def build_run(cfg: DictConfig, module_group: str) -> Run:
     if pretrained:
         module.load_pretrained_network(pretrained["network"])
     module.connect(tokenizer_json=datamodule.tokenizer.to_str(), runtime=RuntimeOptions(**to_dict(cfg.get("runtime"))))
+    wandb_run_id = None
     if resume is not None:
         check_resume_fits(resume, module, cfg.ckpt_path)
+        wandb_run_id = resume.get(WANDB_RUN_ID)
         del resume
     resolve_unused_parameters(trainer_cfg, module)
-    return Run(datamodule, module, build_trainer(cfg, trainer_cfg))
+    return Run(datamodule, module, build_trainer(cfg, trainer_cfg, wandb_run_id))
 
 
 def check_all(*checks: Callable):
@@ -104,9 +108,10 @@ def check_all(*checks: Callable):
     return results
 
 
-def build_trainer(cfg: DictConfig, trainer_cfg: DictConfig) -> L.Trainer:
+def build_trainer(cfg: DictConfig, trainer_cfg: DictConfig, wandb_run_id: str | None = None) -> L.Trainer:
     """The Trainer with the config's callbacks and loggers (wandb offline unless configured), saving
-    checkpoints crash-proof (AtomicCheckpointIO); temp files of killed saves are removed first."""
+    checkpoints crash-proof (AtomicCheckpointIO); temp files of killed saves are removed first.
+    `wandb_run_id` (kept in the checkpoint being resumed): the wandb logger continues that run."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     for cb in callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath:
@@ -118,9 +123,12 @@ def build_trainer(cfg: DictConfig, trainer_cfg: DictConfig) -> L.Trainer:
             for orphan in remove_orphans(Path(cb.dirpath)):
                 log.info("removed %s, left by a save that was killed", orphan)
     logger_cfgs = [c for c in (cfg.get("logger") or {}).values() if c is not None]
-    if any("wandb" in str(c.get("_target_", "")).lower() for c in logger_cfgs):
+    is_wandb = ["wandb" in str(c.get("_target_", "")).lower() for c in logger_cfgs]
+    if any(is_wandb):
         wandb_offline_unless_configured()
-    loggers = [instantiate(c) for c in logger_cfgs]
+        callbacks.append(KeepWandbRunId())
+    resume_run = {"id": wandb_run_id, "resume": "allow"} if wandb_run_id else {}
+    loggers = [instantiate(c, **(resume_run if w else {})) for c, w in zip(logger_cfgs, is_wandb)]
     return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 

@@ -75,12 +75,26 @@ class PackedTextDataModule(PackedBlocksDataModule):
             tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(json.dumps(meta, indent=2))
             os.replace(tmp, meta_path)  # written last: its presence means the token files are complete
+        files = ", ".join(map(str, paths))
         for part in SPLITS:
             if meta["tokens"][part] == 0:
                 what = "the corpus is empty" if part == "train" else "the validation split is empty"
-                raise DataError(f"{what} ({', '.join(map(str, paths))}); add text or raise data.val_fraction")
+                raise DataError(f"{what} ({files}); add text or raise data.val_fraction")
+        self.check_one_block(meta["tokens"], files)
         self.token_files = {part: folder / f"{part}.bin" for part in SPLITS}
         self.token_counts = meta["tokens"]
+
+    def check_one_block(self, tokens: dict[str, int], files: str) -> None:
+        """Every split must hold one block (`block_size + 1` tokens: inputs and shifted targets); found
+        here, before the Trainer starts, and said of the corpus files rather than of their token cache."""
+        if self.block_size is None:  # not connected yet: the block stream checks it when built
+            return
+        need = self.block_size + 1
+        for part in SPLITS:
+            if tokens[part] < need:
+                name, fix = ("training", "") if part == "train" else ("validation", "raise data.val_fraction, ")
+                raise DataError(f"the {name} split of {files} has {tokens[part]} tokens, fewer than one block of "
+                                f"data.block_size+1={need}; add text, {fix}or lower data.block_size")
 
     def sources(self, part: str) -> list[list[str]]:
         return [[str(self.token_files[part])]]
