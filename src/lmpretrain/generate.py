@@ -22,7 +22,7 @@ from lmpretrain.objectives import CausalLMModule
 
 def load_for_generation(ckpt_path: str | Path) -> tuple[CausalLMModule, Tokenizer]:
     path = Path(ckpt_path).expanduser()
-    if not path.is_file():
+    if not path.exists():  # a folder (a sharded checkpoint) gets its own message from load_module
         raise ConfigError(f"ckpt_path={path} does not exist; pass a .ckpt from logs/<task>/.../checkpoints/")
     module = load_module(path, "ckpt_path")  # weights_only=True: a crafted file cannot run code
     if not isinstance(module, CausalLMModule):
