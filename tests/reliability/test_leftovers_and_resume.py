@@ -37,6 +37,21 @@ def test_resume_into_the_same_folder_replaces_the_old_best(tmp_path):
     state = torch.load(ckpts / "last.ckpt", weights_only=True)
     [mc] = [v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint")]
     assert list(mc["best_k_models"]) == [str(ckpts / new)]  # the tracked best is the file on disk
+    # Resumed into a new folder (the default: each run gets its own timestamped folder), Lightning keeps
+    # no top-k state across folders: the new folder gets its own single best, the earlier one is untouched.
+    before = {n: (ckpts / n).stat().st_mtime_ns for n in names(ckpts)}
+    train(make_cfg(tmp_path / "next", [*FAST, "trainer.max_steps=10", f"ckpt_path={ckpts / 'last.ckpt'}"]))
+    assert [n[:10] for n in best_of(tmp_path / "next" / "checkpoints")] == ["step000010"]
+    assert {n: (ckpts / n).stat().st_mtime_ns for n in names(ckpts)} == before
+
+
+def test_last_ckpt_is_saved_at_every_validation_even_without_a_new_best(tmp_path):
+    """mode=max on a falling val/loss: only step 2 is ever the best; last.ckpt still follows each
+    validation (Lightning alone leaves it at step 2: it saves last only with a new best)."""
+    train(make_cfg(tmp_path, [*FAST, "trainer.max_steps=6", "callbacks.model_checkpoint.mode=max"]))
+    ckpts = tmp_path / "checkpoints"
+    assert [n[:10] for n in best_of(ckpts)] == ["step000002"]
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 6
 
 
 def test_rerun_into_the_same_folder_does_not_pile_up_versions(tmp_path):
