@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import shutil
 from pathlib import Path
 
 import torch
@@ -114,6 +115,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         torch.save(checkpoint, buffer)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():  # an earlier sharded (FSDP) run in this folder saved `last.ckpt` as a folder
+            if not ((path / "meta.pt").is_file() and (path / ".metadata").is_file()):
+                raise ConfigError(f"cannot save {path}: a folder of that name is in the way and it is not a "
+                                  f"sharded checkpoint this project wrote; move it or set hydra.run.dir=")
+            shutil.rmtree(path)  # ours (written by the sharded save), replaced by this run's file
         atomic_write(path, lambda tmp: write_bytes(tmp, buffer.getbuffer()))
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only: bool | None = None) -> dict:

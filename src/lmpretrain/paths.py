@@ -40,6 +40,8 @@ def unwritable(folder: str | Path, create: bool = True) -> str | None:
     if not create:
         while not folder.exists() and folder.parent != folder:
             folder = folder.parent
+        if not folder.is_dir():  # a file where a parent folder should be
+            return "Not a directory"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

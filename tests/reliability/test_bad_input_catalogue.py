@@ -76,7 +76,7 @@ def run(module, args, tmp_path):
     if module != DISTRIBUTED:
         args = [*(FAST if module != GENERATE else []), *args, f"hydra.run.dir={tmp_path}"]
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
 
 
 @pytest.mark.parametrize("module,args,pattern,status", CASES)
@@ -102,7 +102,11 @@ def test_huge_lr_ends_with_the_divergence_line_and_keeps_the_earlier_checkpoints
     assert step < 30
     saved = sorted((tmp_path / "checkpoints").glob("*.ckpt"))
     assert [p.name for p in saved][0] == "last.ckpt" and len(saved) == 2
+    steps = []
     for path in saved:
         ckpt = torch.load(path, weights_only=True)
-        assert ckpt["global_step"] == step - 1  # the last good step, nothing after it
+        steps.append(ckpt["global_step"])
         assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+    # "at step N" counts the updates done when the loss of the next batch was NaN: last.ckpt (saved at
+    # every validation) may hold those N updates; the best is from before, and nothing is from after.
+    assert max(steps) <= step and min(steps) == step - 1, (steps, step)

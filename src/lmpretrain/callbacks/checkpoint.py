@@ -9,6 +9,7 @@ crash repeats every step since the last improvement (seen in bench/soak.py: the 
 from __future__ import annotations
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 
@@ -20,7 +21,12 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        # Skipped when the step was already saved (then last.ckpt came with the new best).
+        # Skipped when the step was already saved (then last.ckpt came with the new best), and when
+        # the monitored value is NaN/inf: a diverged model must not overwrite the last good last.ckpt.
+        candidates = self._monitor_candidates(trainer)
+        value = candidates.get(self.monitor) if self.monitor else None
+        if value is not None and not torch.isfinite(torch.as_tensor(value)).all():
+            return
         if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
                 and not self._should_save_on_train_epoch_end(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._save_last_checkpoint(trainer, candidates)
