@@ -121,18 +121,24 @@ def run_cli(*args, **kw):
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
 
 
-@pytest.mark.slow
-def test_cli_sigterm_exits_143_with_one_line_and_resumes(tmp_path):
-    """The real thing: `kill -TERM` of a training process once it has saved at step 5; ~40 s."""
-    args = ["lmpretrain.train", *FAST, "trainer.max_steps=200", "scheduler.max_steps=200",
-            "trainer.val_check_interval=5", f"hydra.run.dir={tmp_path}"]
+def sigterm_after_first_save(args, last):
+    """Start `python -m <args>`, SIGTERM it once `last` exists; (the finished process, its stderr)."""
     proc = run_cli(*args)
-    last = tmp_path / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
+    return proc, err
+
+
+@pytest.mark.slow
+def test_cli_sigterm_exits_143_with_one_line_and_resumes(tmp_path):
+    """The real thing: `kill -TERM` of a training process once it has saved at step 5; ~40 s."""
+    args = ["lmpretrain.train", *FAST, "trainer.max_steps=200", "scheduler.max_steps=200",
+            "trainer.val_check_interval=5", f"hydra.run.dir={tmp_path}"]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    proc, err = sigterm_after_first_save(args, last)
     assert proc.returncode == 143, err[-3000:]
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]
@@ -152,13 +158,8 @@ def test_ddp_sigterm_to_the_launching_process_stops_both_ranks_at_one_step(tmp_p
     args = ["lmpretrain.train", "debug=fast", "global_batch_size=8", "trainer.max_steps=300", "scheduler.max_steps=300",
             "trainer.val_check_interval=5", "trainer.limit_val_batches=1", "trainer.accelerator=cpu",
             "data.batch_size=4", "trainer.devices=2", "strategy=ddp", f"hydra.run.dir={tmp_path}"]
-    proc = run_cli(*args)
     last = tmp_path / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    proc, err = sigterm_after_first_save(args, last)
     assert proc.returncode == 143, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("error: preempted")]
     steps = {int(re.match(r"error: preempted by SIGTERM at step (\d+):", line).group(1)) for line in lines}
