@@ -1,9 +1,12 @@
 """The throughput callback's tokens/s, samples/s, TFLOP/s and MFU agree with each other and the FLOP count."""
 
+import json
+
 import pytest
+import torch
 
 from conftest import make_cfg
-from lmpretrain.callbacks import TokenThroughput
+from lmpretrain.callbacks import TokenThroughput, throughput
 from lmpretrain.callbacks.throughput import measured_cpu_peak_flops
 from lmpretrain.train import build
 
@@ -41,3 +44,34 @@ def test_mfu_from_flops_per_token_and_peak(tmp_path):
 def test_measured_cpu_peak_is_plausible():
     peak = measured_cpu_peak_flops()
     assert 1e9 < peak < 1e13  # 1 GFLOP/s .. 10 TFLOP/s for a few CPU cores in fp32
+
+
+def test_mfu_never_exceeds_one_and_the_better_peak_is_kept(tmp_path, monkeypatch):
+    """A peak probed on a busy machine is too low; the callback then takes the achieved rate as the
+    peak (MFU 1.0, never above) and, on a CPU, keeps it in the cache for later runs."""
+    monkeypatch.setenv("LMPRETRAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(throughput, "measured_cpu_peak_flops", lambda dtype, n=1024: 1e6)  # 1 MFLOP/s: far too low
+    cfg = make_cfg(tmp_path, ["debug=fast", "trainer.max_steps=6", "trainer.log_every_n_steps=2",
+                              "callbacks.throughput=null", "data.batch_size=12"])
+    datamodule, module, trainer = build(cfg)
+    cb = Capture()
+    trainer.callbacks.append(cb)
+    trainer.fit(module, datamodule=datamodule)
+    mfus = [m["train/mfu"] for m in cb.logged]
+    assert len(mfus) == 3 and all(0 < m <= 1.0 for m in mfus)
+    assert mfus[0] == 1.0  # the first window set the peak
+    achieved = max(m["train/tflops_per_sec"] for m in cb.logged) * 1e12
+    cached = throughput.cpu_peak_flops(torch.float32)  # the cache wins over a (fake) 1 MFLOP/s probe
+    assert cached == pytest.approx(achieved)
+
+
+def test_cpu_peak_is_the_best_ever_measured(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMPRETRAIN_CACHE", str(tmp_path))
+    monkeypatch.setattr(throughput, "measured_cpu_peak_flops", lambda dtype, n=1024: 5e10)
+    assert throughput.cpu_peak_flops(torch.float32) == 5e10
+    monkeypatch.setattr(throughput, "measured_cpu_peak_flops", lambda dtype, n=1024: 2e10)  # a busy machine
+    assert throughput.cpu_peak_flops(torch.float32) == 5e10
+    monkeypatch.setattr(throughput, "measured_cpu_peak_flops", lambda dtype, n=1024: 8e10)
+    assert throughput.cpu_peak_flops(torch.float32) == 8e10
+    assert throughput.cpu_peak_flops(torch.bfloat16) == 8e10  # the fake probe; bf16 has its own entry
+    assert len(json.loads((tmp_path / "cpu_peak_flops.json").read_text())) == 2

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, open_dict
 from tokenizers import Tokenizer
 
 from lmpretrain.atomic import remove_orphans
+from lmpretrain.callbacks.console import quiet_third_party
 from lmpretrain.callbacks.wandb_run import KEY as WANDB_RUN_ID
 from lmpretrain.callbacks.wandb_run import KeepWandbRunId
 from lmpretrain.checkpoints import AtomicCheckpointIO, check_resume_fits, read_checkpoint, resolve_ckpt_path
@@ -112,6 +113,7 @@ def build_trainer(cfg: DictConfig, trainer_cfg: DictConfig, wandb_run_id: str | 
     """The Trainer with the config's callbacks and loggers (wandb offline unless configured), saving
     checkpoints crash-proof (AtomicCheckpointIO); temp files of killed saves are removed first.
     `wandb_run_id` (kept in the checkpoint being resumed): the wandb logger continues that run."""
+    quiet_third_party()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     for cb in callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath:
@@ -129,6 +131,9 @@ def build_trainer(cfg: DictConfig, trainer_cfg: DictConfig, wandb_run_id: str | 
         callbacks.append(KeepWandbRunId())
     resume_run = {"id": wandb_run_id, "resume": "allow"} if wandb_run_id else {}
     loggers = [instantiate(c, **(resume_run if w else {})) for c, w in zip(logger_cfgs, is_wandb)]
+    for lg, w in zip(loggers, is_wandb):
+        if w:  # Lightning passes anonymous=None, which wandb >= 0.19 warns about on every run
+            lg._wandb_init.pop("anonymous", None)
     return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 
@@ -164,7 +169,11 @@ def close_wandb_runs(trainer: L.Trainer) -> None:
     """A sweep runs its jobs in one process: close each job's wandb run so the next starts its own."""
     for lg in trainer.loggers:
         if type(lg).__name__ == "WandbLogger" and lg._experiment is not None:
+            offline = lg.experiment.settings.mode == "offline"
+            sync_dir = lg.experiment.settings.sync_dir
             lg.experiment.finish()
+            if offline and trainer.is_global_zero:
+                log.info("wandb ran offline; upload this run with: wandb sync %s", sync_dir)
 
 
 def main(run: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:

@@ -3,17 +3,29 @@
 `train/tokens_per_sec` and `train/samples_per_sec` count what the optimizer consumed on all
 ranks per wall-clock second. `train/mfu` = achieved model FLOPs / peak FLOPs of all devices, with
 model FLOPs from the objective's `flops_per_token(seq_len)` (6N + attention, forward + backward;
-activation recomputation is not counted, as in PaLM's definition) and the peak from `PEAK_FLOPS`.
+activation recomputation is not counted, as in PaLM's definition) and the peak from `PEAK_FLOPS`
+(GPUs) or, on a CPU, the best matmul rate ever measured on this machine (`cpu_peak_flops`).
+MFU is never above 1: a window that runs faster than the peak proves the peak was under-measured
+(a busy machine when it was probed), so that rate becomes the peak, and on a CPU is kept for later runs.
 Validation time is excluded: the window restarts after each validation run.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import logging
+import platform
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
+
+from lmpretrain.atomic import DiskFullError, atomic_write_json
+from lmpretrain.paths import cache_root
+
+log = logging.getLogger(__name__)
 
 # Dense peak FLOP/s per device, by (device name fragment, compute dtype); vendor datasheets.
 # fp32 on GPUs counts TF32 tensor cores (torch's default for matmuls under `high` precision).
@@ -38,11 +50,57 @@ def measured_cpu_peak_flops(dtype: torch.dtype = torch.float32, n: int = 1024, s
     return best
 
 
+def _cpu_key(dtype: torch.dtype) -> str:
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
+                  if line.startswith("model name")), platform.processor() or platform.machine())
+    return f"{model} | {torch.get_num_threads()} threads | {str(dtype).removeprefix('torch.')}"
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def _peak_file() -> Path:
+    return cache_root() / "cpu_peak_flops.json"
+
+
+def _read_peaks() -> dict[str, float]:
+    try:
+        peaks = json.loads(_peak_file().read_text())
+        return {k: float(v) for k, v in peaks.items()} if isinstance(peaks, dict) else {}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def remember_cpu_peak(dtype: torch.dtype, flops: float) -> float:
+    """Keep the best FLOP/s seen for this CPU model, thread count and dtype; return that best."""
+    peaks = _read_peaks()
+    key = _cpu_key(dtype)
+    if flops > peaks.get(key, 0.0):
+        peaks[key] = flops
+        try:
+            _peak_file().parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(_peak_file(), peaks)
+        except (OSError, DiskFullError):  # a read-only cache only costs the memory of the peak
+            pass
+    return peaks.get(key, flops)
+
+
+def cpu_peak_flops(dtype: torch.dtype = torch.float32) -> float:
+    """The best of the cached figure and a fresh measurement (1024 and 2048 matmuls): a peak
+    measured while other work ran is replaced by a better one later, never the other way round."""
+    measured = max(measured_cpu_peak_flops(dtype, n) for n in (1024, 2048))
+    return remember_cpu_peak(dtype, measured)
+
+
 def peak_flops(device: torch.device, precision: str) -> float | None:
     """Peak FLOP/s of one device at the Trainer's precision; None for an unlisted GPU."""
     dtype = "bf16" if "bf16" in precision else "fp32"
     if device.type == "cpu":
-        return measured_cpu_peak_flops(torch.bfloat16 if dtype == "bf16" else torch.float32)
+        return cpu_peak_flops(torch.bfloat16 if dtype == "bf16" else torch.float32)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         if "16" in precision:  # fp16 tensor-core peak equals bf16's on these parts
@@ -73,6 +131,8 @@ class TokenThroughput(L.Callback):
         peak = self.peak_flops_per_device or peak_flops(pl_module.device, str(trainer.precision))
         # Rank 0's figure everywhere: a CPU peak measured while other ranks compete would differ per rank.
         self._peak = trainer.strategy.broadcast(peak, src=0)
+        self._cpu_dtype = (None if pl_module.device.type != "cpu" else
+                           torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._start is None:
@@ -92,9 +152,20 @@ class TokenThroughput(L.Callback):
             if self._flops:
                 metrics["train/tflops_per_sec"] = self._flops / elapsed / 1e12
                 if self._peak:
-                    metrics["train/mfu"] = self._flops / elapsed / (self._peak * trainer.world_size)
+                    per_device = self._flops / elapsed / trainer.world_size
+                    if per_device > self._peak:
+                        self._raise_peak(per_device, trainer)
+                    metrics["train/mfu"] = per_device / self._peak
             pl_module.log_dict(metrics)
             self._reset()
+
+    def _raise_peak(self, achieved: float, trainer) -> None:
+        if trainer.is_global_zero:
+            log.warning("train/mfu: %.3g FLOP/s achieved exceeds the peak of %.3g FLOP/s, which was "
+                        "under-measured; the achieved rate is the peak from now on", achieved, self._peak)
+        self._peak = achieved
+        if self._cpu_dtype is not None and self.peak_flops_per_device is None and trainer.is_global_zero:
+            remember_cpu_peak(self._cpu_dtype, achieved)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._reset()
