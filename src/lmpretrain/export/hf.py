@@ -187,7 +187,7 @@ def load_hf(folder: Path, key: str = "ckpt_path") -> Source:
     except (KeyError, ValueError) as e:
         raise ConfigError(f"{key}={folder}: the weights do not fit its config.json ({e})") from None
     tok_file = folder / "tokenizer.json"
-    tokenizer_json = tok_file.read_text() if tok_file.is_file() else None
+    tokenizer_json = Tokenizer.from_file(str(tok_file)).to_str() if tok_file.is_file() else None
     model = {"arch": arch, **asdict(config)}
     if absent:
         model["_left_at_init"] = absent
