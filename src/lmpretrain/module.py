@@ -108,11 +108,21 @@ class LMModule(L.LightningModule):
         return 6 * n + 12 * layers * c.n_embd * seq_len
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        sharded = any(type(p).__name__ == "DTensor" for p in self.network.parameters())
-        if sharded and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
-            clip_grad_norm_(self.network.parameters(), float(gradient_clip_val))
+        """Clip by norm (also for parameters sharded as DTensors) and log `train/grad_norm`, the total
+        norm before clipping: computed anyway when clipping, else only on logging steps. Called after
+        the precision plugin unscaled the gradients."""
+        if gradient_clip_algorithm not in (None, "norm"):  # "value": Lightning's
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        logging_step = self._trainer is not None and self.trainer._logger_connector.should_update_logs
+        if not gradient_clip_val and not logging_step:
+            return
+        sharded = any(type(p).__name__ == "DTensor" for p in self.network.parameters())
+        clip = clip_grad_norm_ if sharded else torch.nn.utils.clip_grad_norm_
+        norm = clip([p for p in self.network.parameters() if p.grad is not None],
+                    float(gradient_clip_val) if gradient_clip_val else float("inf"))
+        if logging_step:
+            self.log("train/grad_norm", norm.detach().float().to(self.device))
 
     def configure_optimizers(self):
         # Every trained weight lives in `self.network` (heads included), which is what DDP/FSDP wrap

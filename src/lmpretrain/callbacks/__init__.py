@@ -1,7 +1,9 @@
 from lmpretrain.callbacks.checkpoint import RunCheckpoint
 from lmpretrain.callbacks.console import ParamSummary, StepProgressBar
+from lmpretrain.callbacks.curves import TrainingCurves
 from lmpretrain.callbacks.evaluation import EvaluationSuite
 from lmpretrain.callbacks.preemption import Preemption
 from lmpretrain.callbacks.throughput import TokenThroughput
 
-__all__ = ["EvaluationSuite", "ParamSummary", "Preemption", "RunCheckpoint", "StepProgressBar", "TokenThroughput"]
+__all__ = ["EvaluationSuite", "ParamSummary", "Preemption", "RunCheckpoint", "StepProgressBar", "TokenThroughput",
+           "TrainingCurves"]
