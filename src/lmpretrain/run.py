@@ -129,12 +129,35 @@ def build_trainer(cfg: DictConfig, trainer_cfg: DictConfig, wandb_run_id: str | 
     if any(is_wandb):
         wandb_offline_unless_configured()
         callbacks.append(KeepWandbRunId())
-    resume_run = {"id": wandb_run_id, "resume": "allow"} if wandb_run_id else {}
-    loggers = [instantiate(c, **(resume_run if w else {})) for c, w in zip(logger_cfgs, is_wandb)]
+    check_logger_packages(logger_cfgs)
+    configured_tags = [t for c, w in zip(logger_cfgs, is_wandb) if w for t in (c.get("tags") or [])]
+    wandb_extra = {"tags": sorted({*configured_tags, *run_tags(cfg, trainer_cfg)})}
+    if wandb_run_id:
+        wandb_extra.update(id=wandb_run_id, resume="allow")
+    loggers = [instantiate(c, **(wandb_extra if w else {})) for c, w in zip(logger_cfgs, is_wandb)]
     for lg, w in zip(loggers, is_wandb):
         if w:  # Lightning passes anonymous=None, which wandb >= 0.19 warns about on every run
             lg._wandb_init.pop("anonymous", None)
     return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+
+
+def run_tags(cfg: DictConfig, trainer_cfg: DictConfig) -> list[str]:
+    """wandb tags that tell runs apart in a dashboard: objective (or task), model, strategy, precision."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    what = choices.get("objective") or choices.get("task")
+    model = "pretrained" if cfg.get("pretrained") else choices.get("model")
+    strategy = strategy_name(trainer_cfg.get("strategy")) if trainer_cfg.get("strategy") else "auto"
+    tags = {"objective": what, "model": model, "strategy": strategy, "precision": trainer_cfg.get("precision")}
+    return [f"{k}:{v}"[:64] for k, v in tags.items() if v]
+
+
+def check_logger_packages(logger_cfgs: list) -> None:
+    import importlib.util
+
+    wants_tb = any("TensorBoard" in str(c.get("_target_", "")) for c in logger_cfgs)
+    if wants_tb and not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
+        raise ConfigError("logger=tensorboard needs the tensorboard package: pip install 'lmpretrain[tensorboard]' "
+                          "(or drop it: logger=csv)")
 
 
 def fit_run(cfg: DictConfig, run: Run, test: bool = False) -> dict[str, float]:

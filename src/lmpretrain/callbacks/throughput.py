@@ -123,6 +123,7 @@ class TokenThroughput(L.Callback):
         self._peak: float | None = None
         self._start: float | None = None
         self._tokens = self._samples = self._flops = self._batches = 0
+        self.tokens_seen = 0  # over the whole run, resumed from the checkpoint: an x axis for dashboards
 
     def _reset(self) -> None:
         self._start, self._tokens, self._samples, self._flops, self._batches = None, 0, 0, 0, 0
@@ -142,13 +143,15 @@ class TokenThroughput(L.Callback):
         ids = batch["input_ids"]  # (B, T) on each rank; all ranks run the same shapes
         tokens = ids.numel() * trainer.world_size
         self._tokens += tokens
+        self.tokens_seen += tokens
         self._samples += ids.size(0) * trainer.world_size
         per_token = getattr(pl_module, "flops_per_token", lambda _: None)(ids.size(-1))
         self._flops += per_token * tokens if per_token else 0
         self._batches += 1
         if self._batches >= (self.window or trainer.log_every_n_steps):
             elapsed = time.perf_counter() - self._start
-            metrics = {"train/tokens_per_sec": self._tokens / elapsed, "train/samples_per_sec": self._samples / elapsed}
+            metrics = {"train/tokens_per_sec": self._tokens / elapsed, "train/samples_per_sec": self._samples / elapsed,
+                       "train/tokens_seen": float(self.tokens_seen)}
             if self._flops:
                 metrics["train/tflops_per_sec"] = self._flops / elapsed / 1e12
                 if self._peak:
@@ -169,3 +172,9 @@ class TokenThroughput(L.Callback):
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._reset()
+
+    def state_dict(self) -> dict:
+        return {"tokens_seen": self.tokens_seen}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.tokens_seen = int(state_dict.get("tokens_seen", 0))
