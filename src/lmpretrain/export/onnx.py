@@ -98,9 +98,10 @@ def ort_session(path: Path, threads: int | None = None):
     except ImportError:
         raise ConfigError("ONNX export needs onnxruntime and onnxscript; pip install 'lmpretrain[export]'") from None
     options = ort.SessionOptions()
-    if threads:
+    if threads:  # a fixed thread count whose idle threads sleep (bench/inference.py's OMP_WAIT_POLICY)
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
