@@ -8,6 +8,9 @@ everything but the head.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -20,6 +23,7 @@ from lmpretrain.models.encoder import Encoder
 from lmpretrain.models.gpt import GPT
 from lmpretrain.models.pooling import POOLINGS
 from lmpretrain.module import LMModule
+from lmpretrain.tasks.adversarial import AdversarialConfig, adversarial_loss
 
 TASK_POOLINGS = ("auto", *POOLINGS)
 
@@ -48,9 +52,18 @@ class FinetuneModule(LMModule):
 
     uses_every_parameter = False  # the pretraining heads (MLM, pooler, LM head) sit unused: DDP must know
 
+    def __new__(cls, *args, **kwargs):
+        # conf/adversarial/ hands `adversarial` to every task; one that has not opted in (its __init__
+        # takes no `adversarial` and its training_step does not call `train_loss`) says so in one line.
+        if kwargs.get("adversarial") is not None and "adversarial" not in inspect.signature(cls.__init__).parameters:
+            raise ConfigError(f"{cls.__name__} does not support adversarial training yet; use adversarial=none "
+                              f"(supported: SequenceClassificationModule)")
+        return super().__new__(cls)
+
     def __init__(self, model: dict, num_outputs: int | None, pooling: str = "auto", classifier_dropout: float = 0.1,
-                 optimizer: dict | None = None, scheduler: dict | None = None):
+                 optimizer: dict | None = None, scheduler: dict | None = None, adversarial: dict | None = None):
         super().__init__(optimizer, scheduler)
+        self.adversarial = AdversarialConfig.from_dict(adversarial)  # method=none unless conf/adversarial/ sets one
         if pooling not in TASK_POOLINGS:
             raise ConfigError(f"task.pooling={pooling!r} must be one of {TASK_POOLINGS}")
         self.network = build_network(model)
@@ -93,6 +106,20 @@ class FinetuneModule(LMModule):
         if isinstance(net, (GPT, EncoderDecoder)):
             return net.features(batch["input_ids"], mask)
         raise ConfigError(f"fine-tuning does not know how to read a {type(net).__name__}")
+
+    def train_loss(self, batch: dict, loss_of: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """What `training_step` returns for a batch whose forward + loss is `loss_of()`: that loss
+        (adversarial=none: exactly the plain path), or the adversarial objective of
+        `tasks/adversarial.py`, which calls `loss_of` once per pass with the token embedding
+        perturbed. `train/loss` is always the clean loss (comparable across methods), the objective's
+        adversarial term is logged as `train/adv_loss`."""
+        out = adversarial_loss(self.adversarial, self.network.tok_emb, loss_of, batch.get("attention_mask"))
+        self.log_train_loss(out.clean)
+        if out.adversarial is not None:
+            self.log("train/adv_loss", out.adversarial, sync_dist=True)
+        if out.total is not out.clean:
+            self.check_finite(out.total)
+        return out.total
 
     # Validation and test share one metric path: subclasses define `_eval_step(split, batch)`, which
     # updates `self.metrics[split]` (a ModuleDict of metrics); `_eval_end` logs each as

@@ -19,9 +19,9 @@ class SequenceClassificationModule(FinetuneModule):
     prog_bar_metric = "acc"
 
     def __init__(self, model: dict, labels: list[str], pooling: str = "auto", classifier_dropout: float = 0.1,
-                 optimizer: dict | None = None, scheduler: dict | None = None):
+                 optimizer: dict | None = None, scheduler: dict | None = None, adversarial: dict | None = None):
         self.labels = self.check_labels(labels)
-        super().__init__(model, len(self.labels), pooling, classifier_dropout, optimizer, scheduler)
+        super().__init__(model, len(self.labels), pooling, classifier_dropout, optimizer, scheduler, adversarial)
         self.save_hyperparameters()
         n = len(self.labels)
         self.metrics = torch.nn.ModuleDict({
@@ -39,7 +39,7 @@ class SequenceClassificationModule(FinetuneModule):
         return self.network.task_head(pooled)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.log_train_loss(F.cross_entropy(self(batch), batch["labels"]))
+        return self.train_loss(batch, lambda: F.cross_entropy(self(batch), batch["labels"]))
 
     def _eval_step(self, split: str, batch: dict) -> None:
         logits = self(batch)
