@@ -208,6 +208,7 @@ EXACT = ["task=spam", "debug=fast", "trainer.accelerator=cpu", "data.shuffle_buf
 
 
 def fitted_network(tmp_path, *overrides) -> tuple[dict, dict]:
+    """The network's weights after 3 optimizer steps, and the final logged metrics."""
     datamodule, module, trainer = build(make_cfg(tmp_path, [*EXACT, *overrides], config_name="finetune"))
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 3
@@ -225,7 +226,6 @@ def test_accumulation_of_two_micro_batches_follows_the_double_batch(tmp_path):
     assert moved > 1e-3  # it trains, so the comparison is not trivial
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-6, msg=k)
-    assert m2["val/loss"] == pytest.approx(m1["val/loss"], rel=1e-5)
 
 
 def finetune_cli(out, *overrides) -> dict[str, dict[int, float]]:
