@@ -14,8 +14,6 @@ import pytest
 from conftest import make_cfg
 from lmpretrain.train import train
 
-SCRIPTS = ["lmp-train", "lmp-finetune", "lmp-evaluate", "lmp-prepare", "lmp-generate"]
-
 
 def _metrics(run_dir: Path, key: str) -> list[float]:
     with open(run_dir / "csv" / "metrics.csv") as f:
@@ -50,7 +48,8 @@ def test_console_scripts_are_installed():
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts") if ep.name.startswith("lmp-")}
     assert scripts == {"lmp-train": "lmpretrain.train:main", "lmp-finetune": "lmpretrain.finetune:main",
                        "lmp-evaluate": "lmpretrain.evaluate:main", "lmp-prepare": "lmpretrain.prepare.__main__:main",
-                       "lmp-generate": "lmpretrain.generate:main"}
+                       "lmp-generate": "lmpretrain.generate:main", "lmp-inspect": "lmpretrain.inspect:main",
+                       "lmp-plot": "lmpretrain.plot:main", "lmp-export": "lmpretrain.export.__main__:main"}
     exe = shutil.which("lmp-train", path=str(Path(sys.executable).parent))
     assert exe is not None
     r = subprocess.run([exe, "--cfg", "job", "trainer.max_steps=7"], check=False, capture_output=True, text=True,
