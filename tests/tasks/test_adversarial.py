@@ -132,6 +132,17 @@ def test_freelb_averages_the_steps_and_pgd_adds_clean_and_adversarial():
     assert pgd.clean < freelb.total < freelb.adversarial  # a mean of rising losses
 
 
+def test_freelb_random_start_has_zhu_et_al_size_on_real_tokens_only():
+    """U(-1, 1) scaled by init_mag / sqrt(real tokens * C): L2 norm about init_mag / sqrt(3)."""
+    module, batch = tiny_classifier(), batch_of()
+    torch.manual_seed(0)
+    out = adv(module, batch, {"method": "freelb", "epsilon": 10.0, "steps": 1, "init_mag": 0.6})
+    n = per_example_norm(out.delta, "l2").flatten()
+    assert ((n - 0.6 / 3**0.5).abs() < 0.08).all(), n
+    assert (out.delta[batch["attention_mask"] == 0] == 0).all()
+    assert not torch.equal(out.clean, F.cross_entropy(module(batch), batch["labels"]))  # the first pass is perturbed
+
+
 # -- the training path ---------------------------------------------------------------------------
 def test_adversarial_none_is_bit_identical_to_the_plain_path():
     """Same losses and gradients, bit for bit, with dropout on (same seed, same masks)."""
@@ -190,7 +201,7 @@ def test_bad_config_is_one_config_error():
 
 def test_config_group_reaches_the_task_and_bad_values_stop_the_build(tmp_path):
     cfg = make_cfg(tmp_path, ["task=spam", "adversarial=pgd", "adversarial.norm=linf"], config_name="finetune")
-    assert cfg.task.adversarial == {"method": "pgd", "epsilon": 1.0, "alpha": 0.4, "steps": 3, "norm": "linf"}
+    assert cfg.task.adversarial == {"method": "pgd", "epsilon": 0.2, "alpha": 0.08, "steps": 3, "norm": "linf"}
     assert "adversarial" not in make_cfg(tmp_path, ["task=spam"], config_name="finetune").task  # none: nothing
     bad = make_cfg(tmp_path, ["task=spam", "adversarial=fgm", "adversarial.epsilon=-0.5"], config_name="finetune")
     with pytest.raises(Exception) as e:  # what build_run does with cfg.task, less the data and tokenizer

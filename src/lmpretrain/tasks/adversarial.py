@@ -50,8 +50,8 @@ class AdversarialConfig:
     init_mag: freelb's random start (0 = start at zero)."""
 
     method: str = "none"
-    epsilon: float = 1.0
-    alpha: float = 0.3
+    epsilon: float = 0.2
+    alpha: float = 0.08
     steps: int = 1
     norm: str = "l2"
     init_mag: float = 0.0
