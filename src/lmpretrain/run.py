@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,9 +35,10 @@ from lmpretrain.callbacks.wandb_run import KeepWandbRunId
 from lmpretrain.checkpoints import AtomicCheckpointIO, check_resume_fits, read_checkpoint, resolve_ckpt_path
 from lmpretrain.config import check_model_fits_data, to_dict, wandb_offline_unless_configured
 from lmpretrain.distributed import resolve_trainer_config, resolve_unused_parameters, strategy_name
-from lmpretrain.errors import ConfigError, Preempted, exit_on_user_error
+from lmpretrain.errors import ConfigError, Preempted, exit_on_user_error, find_user_error
 from lmpretrain.module import LMModule, RuntimeOptions
 from lmpretrain.optim import check_optimizer_config
+from lmpretrain.optim.freeze import freeze_parameters
 from lmpretrain.paths import unwritable
 from lmpretrain.tasks.base import read_pretrained
 
@@ -58,7 +60,9 @@ def build_run(cfg: DictConfig, module_group: str) -> Run:
     (`last`: the newest last.ckpt of the run's folder or logs/<name>; `auto`: that or none; written
     back into cfg) must be
     a training checkpoint of this very network; that and the trainer/optimizer values are checked
-    before anything is built.
+    before anything is built. Both given: the run resumes from `ckpt_path` (weights, optimizer,
+    step, data position: an interrupted run that began from `pretrained`), which must fit the
+    network `pretrained` describes. `cfg.freeze` ({embeddings, layers}) fixes parts of the network.
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer_cfg = check_all(lambda: resolve_trainer_config(cfg),  # precision=auto, global batch -> accumulation
@@ -82,10 +86,13 @@ def build_run(cfg: DictConfig, module_group: str) -> Run:
                        block_size=model.get("block_size"))
     datamodule.prepare_data()  # trains/loads the tokenizer: the model's vocabulary comes from it
     model = check_model_fits_data(model, datamodule.block_size, datamodule.vocab_size)
-    module = instantiate(cfg[module_group], model=model, optimizer=to_dict(cfg.optimizer),
-                         scheduler=to_dict(cfg.scheduler), **datamodule.module_arguments(), _convert_="all")
-    if pretrained:
-        module.load_pretrained_network(pretrained["network"])
+    with pretrained_context(cfg, model, module_group):  # a checkpoint of another family fails in the constructor or the load
+        module = instantiate(cfg[module_group], model=model, optimizer=to_dict(cfg.optimizer),
+                             scheduler=to_dict(cfg.scheduler), **datamodule.module_arguments(), _convert_="all")
+        if pretrained:
+            module.load_pretrained_network(pretrained["network"])
+    if frozen := freeze_parameters(module.network, **to_dict(cfg.get("freeze"))):
+        log.info("froze %d parameter tensors (%s ...)", len(frozen), ", ".join(frozen[:3]))
     module.connect(tokenizer_json=datamodule.tokenizer.to_str(), runtime=RuntimeOptions(**to_dict(cfg.get("runtime"))))
     wandb_run_id = None
     if resume is not None:
@@ -94,6 +101,18 @@ def build_run(cfg: DictConfig, module_group: str) -> Run:
         del resume
     resolve_unused_parameters(trainer_cfg, module)
     return Run(datamodule, module, build_trainer(cfg, trainer_cfg, wandb_run_id))
+
+
+@contextmanager
+def pretrained_context(cfg: DictConfig, model: dict, module_group: str):
+    """Say which checkpoint a user error while building the module came from (pretrained= only)."""
+    try:
+        yield
+    except Exception as e:
+        if not cfg.get("pretrained") or (user_error := find_user_error(e)) is None:
+            raise
+        raise ConfigError(f"pretrained={cfg.pretrained} holds a {model.get('arch', '?')} network that this "
+                          f"{module_group} cannot take: {user_error}") from None
 
 
 def check_all(*checks: Callable):

@@ -102,6 +102,15 @@ class PretrainModule(LMModule):
     def build_network(self, model: dict) -> nn.Module:
         return build_network(model)
 
+    def load_pretrained_network(self, state: dict) -> None:
+        """Continual pretraining: exactly the checkpoint's network weights, every one of them (the
+        optimizer, schedule and data position start fresh). A network of another family (an encoder
+        for a causal LM, a fine-tuned one with a task head) does not fit: one error."""
+        missing, unexpected = self.network.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ConfigError(f"its network does not fit objective {type(self).__name__} (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}); continue it with the objective it was pretrained with")
+
     def connect(self, tokenizer_json: str | None = None, runtime: RuntimeOptions | None = None) -> None:
         super().connect(tokenizer_json, runtime)
         if self.tokenizer_json is not None:
