@@ -288,3 +288,41 @@ def test_masked_lm_student_distils_from_an_encoder_on_the_same_corrupted_inputs(
     expected = teacher.emb_norm(teacher.tok_emb(corrupted) + teacher.pos_emb(torch.arange(16))
                                 + teacher.seg_emb(torch.zeros_like(corrupted)))
     torch.testing.assert_close(seen[-1], expected)
+
+
+# ---------------------------------------------------------------- fine-tuning: task logits
+
+@pytest.mark.slow  # two short fine-tunings incl. a WordPiece tokenizer trained on spam (~20 s on 2 cores)
+def test_task_distillation_trains_a_classifier_on_a_frozen_teachers_logits(tmp_path):
+    from lmpretrain.finetune import build as build_task
+    from lmpretrain.tasks.distill import DistilledClassificationModule
+
+    require_data("spam.train.jsonl.gz")
+    common = ["debug=fast", "model.block_size=32", "data.batch_size=8", "trainer.max_steps=4",
+              "trainer.val_check_interval=4", "evaluate_test=false", "callbacks.samples=null",
+              "callbacks.curves=null"]
+    datamodule, teacher_module, trainer = build_task(make_cfg(tmp_path / "teacher", ["task=spam", *common],
+                                                              "finetune"))
+    trainer.fit(teacher_module, datamodule=datamodule)
+    teacher_ckpt = tmp_path / "teacher" / "checkpoints" / "last.ckpt"
+    overrides = ["task=spam_distill", f"task.teacher={teacher_ckpt}", "model.n_layer=1", "model.n_embd=32",
+                 "model.n_head=2", *common]
+    datamodule, module, trainer = build_task(make_cfg(tmp_path / "student", overrides, "finetune"))
+    trainer.fit(module, datamodule=datamodule)
+    assert isinstance(module, DistilledClassificationModule)
+    logged = trainer.callback_metrics
+    assert float(logged["train/soft_loss"]) > 0 and torch.isfinite(logged["val/acc"])
+    teacher = module.teacher
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    saved = read_checkpoint(teacher_ckpt, "t")["state_dict"]
+    for name, value in teacher.state_dict().items():
+        torch.testing.assert_close(value.cpu(), saved[name], rtol=0, atol=0)
+    ckpt_path = tmp_path / "student" / "checkpoints" / "last.ckpt"
+    assert all(k.startswith("network.") for k in read_checkpoint(ckpt_path, "c")["state_dict"])
+    reloaded = load_module(ckpt_path)  # no teacher needed
+    assert reloaded.teacher is None and reloaded.network.config.n_embd == 32
+    # a teacher of other labels is refused
+    wrong = DistilledClassificationModule(dict(module.hparams["model"]), ["a", "b", "c"], teacher=str(teacher_ckpt))
+    wrong.connect(tokenizer_json=module.tokenizer_json)
+    with pytest.raises(ConfigError, match="labels"):
+        wrong.load_teacher()
