@@ -258,6 +258,24 @@ def test_teacher_with_another_vocabulary_is_refused_in_one_line(teacher_ckpt):
         DistillModule(gpt(vocab), teacher=str(teacher_ckpt), weights={"hard": 1.0, "kl": 1.0})
 
 
+def test_an_hf_gpt2_folder_is_a_teacher(tmp_path, teacher_ckpt):
+    pytest.importorskip("transformers")
+    from lmpretrain.export.hf import save_hf
+    from lmpretrain.export.source import load_source
+
+    source = load_source(teacher_ckpt)
+    save_hf(source, tmp_path / "hf")
+    module = DistillModule({**gpt(source.network.config.vocab_size), "block_size": 32}, teacher=str(tmp_path / "hf"))
+    module.connect(tokenizer_json=source.tokenizer_json)
+    teacher = module.load_teacher()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert module.hparams["teacher_model"] == {"arch": "gpt", "n_layer": 3, "n_head": 4, "n_embd": 96,
+                                               "vocab_size": source.network.config.vocab_size, "block_size": 32}
+    ids = torch.randint(0, source.network.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(ids), source.network(ids), atol=1e-4, rtol=1e-4)
+
+
 def test_masked_lm_student_distils_from_an_encoder_on_the_same_corrupted_inputs():
     tok = build_char_tokenizer("abcdefghij ", TokenizerConfig(special_tokens=["[PAD]", "[CLS]", "[SEP]", "[MASK]"]))
     V = tok.get_vocab_size()

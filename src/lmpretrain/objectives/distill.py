@@ -271,8 +271,9 @@ class DistillModule(PretrainModule):
         first = not self._model_configured
         super().configure_model()
         shard = getattr(self.trainer.strategy, "shard", None) if self._trainer is not None else None
-        if first and shard is not None and self.distill.projection is not None:
-            shard(self.distill.projection)  # FSDP2: its gradients are reduced across ranks like the network's
+        projection = self.distill.projection
+        if first and shard is not None and projection is not None and any(True for _ in projection.parameters()):
+            shard(projection)  # FSDP2: its gradients are reduced across ranks like the network's
 
     def configure_optimizers(self):
         from lmpretrain.optim import build_optimizer, build_scheduler
