@@ -1,0 +1,149 @@
+"""Does distillation pay? A small GPT student trained on tiny-shakespeare (char level) with and
+without a larger teacher -- same seed, init, data order, tokens, steps and schedule -- in one run.
+
+    python bench/distill.py                        # the README table (~10 min on 2 shared cores)
+    python bench/distill.py --steps 800            # longer student runs
+    python bench/distill.py --smoke                # a few steps each: checks the plumbing only
+
+1. teacher: gpt_tiny (4 layers x 128, ~0.8M parameters) trained `--teacher-steps` steps with
+   objective=causal_lm (reused from <out>/teacher when its last.ckpt is there and --retrain is not set);
+2. baseline: the student (2 layers x 48, ~0.06M parameters) with objective=causal_lm;
+3. distilled: the same student with objective=distill (0.5 hard + 0.5 soft at T=2, the default),
+   on exactly the same batches and steps.
+
+Scores of the final weights, each read back from its last.ckpt (the student's without the teacher):
+the evaluate suite's intrinsic score (`lmpretrain.evaluate.intrinsic_scores`: held-out shakespeare,
+val/loss and val/ppl over 50 batches) and next-character top-1 accuracy on the same held-out blocks.
+Writes <out>/results.json and prints one Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import torch
+
+BLOCK, BATCH = 32, 16  # 512 tokens a step: what the loaded 2-core CPU this was measured on allows
+COMMON = ["experiment=shakespeare_char", "trainer.accelerator=cpu", "logger=csv", f"model.block_size={BLOCK}",
+          f"data.batch_size={BATCH}", "model.dropout=0.0", "optimizer.lr=2e-3", "scheduler.warmup_steps=20",
+          "trainer.limit_val_batches=20", "callbacks.samples=null", "callbacks.rich_progress_bar=null"]
+TEACHER = ["model=gpt_tiny"]  # 4 x 128
+STUDENT = ["model=gpt_tiny", "model.n_layer=2", "model.n_embd=48", "model.n_head=4"]
+SUITE = {"files": ["tinyshakespeare.txt"], "split": "tail", "val_fraction": 0.1, "batch_size": 16, "max_batches": 50}
+
+
+def compose(overrides: list[str], out: Path):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from lmpretrain.config import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        del cfg.hydra
+    return cfg
+
+
+def fit(name: str, overrides: list[str], steps: int, out: Path) -> tuple[Path, float]:
+    from lmpretrain.train import train
+
+    cfg = compose([*COMMON, *overrides, f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
+                   f"name=bench_distill_{name}"], out / name)
+    start = time.perf_counter()
+    train(cfg)
+    return out / name / "checkpoints" / "last.ckpt", time.perf_counter() - start
+
+
+@torch.no_grad()
+def heldout_scores(ckpt: Path, cache_dir: str, data_dir: str) -> dict[str, float]:
+    """The evaluate suite's intrinsic score, plus next-character accuracy on the same blocks."""
+    from tokenizers import Tokenizer
+
+    from lmpretrain.checkpoints import load_module
+    from lmpretrain.data import PackedTextDataModule
+    from lmpretrain.evaluate import EOS_CANDIDATES, intrinsic_scores
+
+    scores = intrinsic_scores(str(ckpt), SUITE, cache_dir, data_dir)
+    module = load_module(ckpt).eval()  # the student alone: no teacher is loaded for validation
+    tokenizer = Tokenizer.from_str(module.tokenizer_json)
+    eos = next((t for t in EOS_CANDIDATES if tokenizer.token_to_id(t) is not None), None)  # as intrinsic_scores
+    spec = {k: v for k, v in SUITE.items() if k != "max_batches"}
+    datamodule = PackedTextDataModule(tokenizer={"eos_token": eos}, cache_dir=cache_dir, data_dir=data_dir,
+                                      block_size=module.network.config.block_size, **spec)
+    datamodule.connect(tokenizer=tokenizer)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    right = total = 0
+    for i, batch in enumerate(datamodule.val_dataloader()):
+        if i == SUITE["max_batches"]:
+            break
+        pred = module.network(batch["input_ids"]).argmax(-1)
+        keep = batch["labels"] != -100
+        right += int((pred[keep] == batch["labels"][keep]).sum())
+        total += int(keep.sum())
+    return {"val_loss": scores["val/loss"], "val_ppl": scores["val/ppl"], "next_char_acc": right / total,
+            "params": sum(p.numel() for p in module.network.parameters()), "ckpt_mb": ckpt.stat().st_size / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=400, help="student steps (both students)")
+    parser.add_argument("--teacher-steps", type=int, default=600)
+    parser.add_argument("--out", type=Path, default=REPO / "logs" / "bench_distill")
+    parser.add_argument("--retrain", action="store_true", help="train the teacher even if <out>/teacher has one")
+    parser.add_argument("--smoke", action="store_true", help="4 steps each: the plumbing only")
+    args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.teacher_steps, args.out = 4, 6, args.out / "smoke"
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    cfg = compose(COMMON, args.out)
+    cache_dir, data_dir = cfg.paths.cache_dir, cfg.paths.data_dir
+    teacher = args.out / "teacher" / "checkpoints" / "last.ckpt"
+    wall = {}
+    if args.retrain or args.smoke or not teacher.is_file():
+        teacher, wall["teacher"] = fit("teacher", TEACHER, args.teacher_steps, args.out)
+    runs = {"teacher": teacher}
+    runs["baseline"], wall["baseline"] = fit("baseline", STUDENT, args.steps, args.out)
+    runs["distilled"], wall["distilled"] = fit(
+        "distilled", [*STUDENT, "objective=distill", f"objective.teacher={teacher}"], args.steps, args.out)
+
+    results = {name: {**heldout_scores(path, cache_dir, data_dir), "train_s": wall.get(name)}
+               for name, path in runs.items()}
+    meta = {"date": date.today().isoformat(), "student_steps": args.steps, "teacher_steps": args.teacher_steps,
+            "tokens_per_step": BLOCK * BATCH, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads "
+            f"(2 shared CPU cores), torch {torch.__version__}", "distill": "weights hard 0.5 + soft 0.5, T=2"}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+
+    steps = {"teacher": args.teacher_steps, "baseline": args.steps, "distilled": args.steps}
+    print(f"\n{meta['date']}; {meta['machine']}; {meta['tokens_per_step']} tokens/step; {meta['distill']}\n")
+    print("| model | params | steps | held-out val/loss | val/ppl | next-char acc | ckpt MB | train s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        train_s = f"{r['train_s']:.0f}" if r["train_s"] else "cached"
+        print(f"| {name} | {r['params']:,} | {steps[name]} | {r['val_loss']:.4f} | {r['val_ppl']:.2f} | "
+              f"{r['next_char_acc']:.4f} | {r['ckpt_mb']:.2f} | {train_s} |")
+    gain = results["baseline"]["val_loss"] - results["distilled"]["val_loss"]
+    print(f"\ndistilled - baseline: val/loss {-gain:+.4f}, next-char acc "
+          f"{results['distilled']['next_char_acc'] - results['baseline']['next_char_acc']:+.4f}")
+
+
+if __name__ == "__main__":
+    main()
