@@ -1,7 +1,7 @@
 """Continual pretraining: how much does a char GPT forget of tiny-shakespeare (corpus A) while it
 learns Debian package descriptions (corpus B), and how much do replay and layer freezing change that?
 
-    python bench/continual.py                       # the README table (~10 min on 2 shared cores)
+    python bench/continual.py                       # the README table (~12 min on 2 heavily shared cores; ~5 min with the pretraining reused)
     python bench/continual.py --steps 600           # longer continuation
     python bench/continual.py --smoke               # a few steps each: checks the plumbing only
 
@@ -85,7 +85,7 @@ def val_loss(ckpt: Path, data: list[str], batches: int | None, out: Path) -> tup
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretrain-steps", type=int, default=1500)
-    p.add_argument("--steps", type=int, default=400, help="continual steps per setting")
+    p.add_argument("--steps", type=int, default=200, help="continual steps per setting")
     p.add_argument("--val-batches", type=int, default=150, help="B validation batches (12 x 64 tokens)")
     p.add_argument("--out", type=Path, default=REPO / "logs" / "bench_continual")
     p.add_argument("--smoke", action="store_true")

@@ -225,3 +225,31 @@ def test_continual_experiment_composes_with_replay_from_shakespeare(tmp_path):
     assert cfg.data.files == ["debian_packages.train.jsonl.gz"] and cfg.pretrained is None
     assert cfg.data.replay.files == ["tinyshakespeare.txt"] and cfg.data.replay.fraction == 0.2
     assert cfg.data.replay.split == "tail" and cfg.data.replay.val_fraction == 0.1  # as conf/data/tinyshakespeare
+
+
+@pytest.mark.slow
+def test_replay_reduces_forgetting_of_the_old_corpus(tmp_path, corpora):
+    """Pretrain on A, continue on B with and without 25% replay of A: both learn B, and replay keeps
+    A's val/loss closer to where pretraining left it (bench/continual.py measures the full-size case)."""
+    a, b = corpora
+    model = ["debug=fast", "model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=32",
+             "data.batch_size=8", "callbacks.samples=null", "callbacks.curves=null", "trainer.limit_val_batches=null"]
+    steps = ["trainer.max_steps={n}", "trainer.val_check_interval={n}", "scheduler.warmup_steps=20", "optimizer.lr=3e-3"]
+    at = [s.format(n=300) for s in steps]
+    train(make_cfg(tmp_path / "pre", [*model, *on_a(a), *at]))
+    ckpt = tmp_path / "pre" / "checkpoints" / "last.ckpt"
+
+    def val(weights, data) -> float:
+        return train(make_cfg(tmp_path / "eval", [*model, *data, f"pretrained={weights}", "trainer.max_steps=0"]))["val/loss"]
+
+    before_a, before_b = val(ckpt, on_a(a)), val(ckpt, on_b(b))
+    after = {}
+    for fraction in (0.0, 0.25):
+        out = tmp_path / f"replay{fraction}"
+        train(make_cfg(out, [*model, *on_b(b), f"pretrained={ckpt}", *[s.format(n=150) for s in steps],
+                             f"data.replay.files=[{a}]", f"data.replay.fraction={fraction}"]))
+        weights = out / "checkpoints" / "last.ckpt"
+        after[fraction] = val(weights, on_a(a)), val(weights, on_b(b))
+    forgetting = {f: a_loss - before_a for f, (a_loss, _) in after.items()}
+    assert all(b_loss < before_b - 0.3 for _, b_loss in after.values()), (before_b, after)
+    assert forgetting[0.0] > 0.1 and forgetting[0.25] < forgetting[0.0] / 2, (before_a, forgetting)
