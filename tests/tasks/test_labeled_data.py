@@ -1,6 +1,7 @@
 """LabeledDataModule: CoNLL/jsonl records, label alignment, rank x worker coverage, exact resume."""
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,7 +65,7 @@ def test_classification_pairs_truncate_the_longer_segment(tmp_path):
                     '{"a": "nine", "b": "ten", "y": "no"}\n')
     dm = LabeledDataModule("classification", {"train": str(path), "val": str(path)}, text_field="a",
                            text_b_field="b", label_field="y", block_size=7)
-    dm.connect(tokenizer=word_tokenizer("one two three four five six seven eight nine ten".split()))
+    dm.connect(tokenizer=word_tokenizer(["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]))
     dm.prepare_data()
     assert dm.labels == ["no", "yes"]  # sorted from the training split
     ex = dm.encode({"a": "one two three four five six seven", "b": "eight", "y": "yes"})
@@ -204,3 +205,17 @@ def test_tokenizer_cache_key_follows_the_training_text(tmp_path):
     assert vocab(text_field="prompt", val_fraction=0.1, test_fraction=0.1) == base  # the cache hit
     assert vocab(text_field="prompt", val_fraction=0.4, test_fraction=0.1) != base
     assert vocab(text_field="response", val_fraction=0.1, test_fraction=0.1) != base
+
+
+def test_spam_preset_mixes_labels_from_the_first_batch():
+    """spam.train lists all ham before all spam: the preset's shuffle buffer covers the whole split, so
+    the first 20 batches hold spam near its base rate (0.30), not the ham-only start a 2,048 buffer gave."""
+    from omegaconf import OmegaConf
+
+    preset = OmegaConf.load(Path(__file__).parents[2] / "conf" / "task" / "spam.yaml")
+    for buffer, low, high in [(preset.data.shuffle_buffer, 0.2, 0.4), (2048, 0.0, 0.05)]:
+        dm = LabeledDataModule("classification", SPAM, tokenizer=WORDPIECE, labels=["ham", "spam"], batch_size=16,
+                               shuffle_buffer=buffer, block_size=64)
+        dm.prepare_data()
+        first = torch.cat([b["labels"] for b in batches(dm, "train", n=20)]).float()
+        assert low <= first.mean() <= high, (buffer, float(first.mean()))
