@@ -48,7 +48,7 @@ from lmpretrain.models import GPT, Encoder
 from lmpretrain.module import RuntimeOptions
 from lmpretrain.objectives.causal_lm import CausalLMLoss
 from lmpretrain.objectives.masked_lm import MaskedLMLoss
-from lmpretrain.objectives.pretrain import Loss, PretrainModule
+from lmpretrain.objectives.pretrain import Loss, PretrainModule, derive_seed
 
 # What a student checkpoint remembers of its teacher: enough to rebuild the projections.
 TEACHER_KEYS = ("arch", "n_layer", "n_head", "n_embd", "vocab_size", "block_size")
@@ -109,14 +109,21 @@ class DistillLoss(Loss):
     def uses_layers(self) -> bool:
         return self.weights.hidden > 0 or self.weights.attention > 0
 
-    def build(self, student: dict, teacher: dict) -> None:
-        """Resolve the layer map and create the projections; `student`/`teacher`: model config dicts."""
+    def build(self, student: dict, teacher: dict, seed: int = 0) -> None:
+        """Resolve the layer map and create the projections; `student`/`teacher`: model config dicts.
+
+        The projections are initialized from `seed`, not the global RNG: they are made at setup("fit"),
+        when how much the global stream has been drawn depends on the process count (one process and
+        two DDP ranks would start from different projections) and, under FSDP2, which no broadcast
+        makes equal across ranks."""
         if not self.uses_layers():
             return
         self.pairs = check_layer_map(self.layer_map or uniform_layer_map(student["n_layer"], teacher["n_layer"]),
                                      student["n_layer"], teacher["n_layer"])
         if self.weights.hidden > 0 and self.projection is None:
-            self.projection = HiddenProjection(len(self.pairs), student["n_embd"], teacher["n_embd"])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.projection = HiddenProjection(len(self.pairs), student["n_embd"], teacher["n_embd"])
 
     def set_teacher(self, teacher: nn.Module) -> None:
         teacher.eval().requires_grad_(False)
@@ -212,11 +219,15 @@ class DistillModule(PretrainModule):
         self.set_losses({"distill": DistillLoss(isinstance(self.network, GPT), temperature, weights, layer_map,
                                                 masking, mask_token)})
         if teacher_model:
-            self.distill.build(self.student_shape(), teacher_model)
+            self.distill.build(self.student_shape(), teacher_model, self.projection_seed)
 
     @property
     def distill(self) -> DistillLoss:
         return self.losses["distill"]
+
+    @property
+    def projection_seed(self) -> int:
+        return derive_seed(self.seed, 2)  # 0: training steps, 1: validation (objectives/pretrain.py)
 
     def student_shape(self) -> dict:
         c = self.network.config
@@ -259,7 +270,7 @@ class DistillModule(PretrainModule):
             raise ConfigError(f"objective.teacher={path} is shaped {shape}, but this student was distilled from "
                               f"{saved}; resume with the teacher it was trained with")
         self.hparams["teacher_model"] = shape  # saved with the student (see the class docstring)
-        self.distill.build(self.student_shape(), shape)
+        self.distill.build(self.student_shape(), shape, self.projection_seed)
         self.distill.set_teacher(net)
         return net
 
