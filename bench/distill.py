@@ -13,8 +13,16 @@ without a larger teacher -- same seed, init, data order, tokens, steps and sched
 
 Scores of the final weights, each read back from its last.ckpt (the student's without the teacher):
 the evaluate suite's intrinsic score (`lmpretrain.evaluate.intrinsic_scores`: held-out shakespeare,
-val/loss and val/ppl over 50 batches) and next-character top-1 accuracy on the same held-out blocks.
+val/loss and val/ppl over 50 batches), next-character top-1 accuracy on the same held-out blocks, and
+the suite's extrinsic score (`lmpretrain.evaluate.extrinsic_scores` with conf/suite/default.yaml's
+spam overrides: each checkpoint fine-tuned 150 steps as a ham/spam classifier, same seed and settings,
+then scored on the 582-e-mail test split: test/acc and macro F1).
 Writes <out>/results.json and prints one Markdown table.
+
+    python bench/distill.py --reuse                # score the students already under <out> again
+
+--reuse takes the baseline and distilled last.ckpt from a previous run under <out> when they are there
+(their training times from <out>/results.json) instead of training them.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ COMMON = ["experiment=shakespeare_char", "trainer.accelerator=cpu", "logger=csv"
           "trainer.limit_val_batches=20", "callbacks.samples=null", "callbacks.rich_progress_bar=null"]
 TEACHER = ["model=gpt_tiny"]  # 4 x 128
 STUDENT = ["model=gpt_tiny", "model.n_layer=2", "model.n_embd=48", "model.n_head=4"]
+TEST_EXAMPLES = {"spam": 582}  # conf/task/spam.yaml: the test split's size
 SUITE = {"files": ["tinyshakespeare.txt"], "split": "tail", "val_fraction": 0.1, "batch_size": 16, "max_batches": 50}
 
 
@@ -101,12 +110,22 @@ def heldout_scores(ckpt: Path, cache_dir: str, data_dir: str) -> dict[str, float
             "params": sum(p.numel() for p in module.network.parameters()), "ckpt_mb": ckpt.stat().st_size / 2**20}
 
 
+def task_scores(ckpt: Path, task: str, overrides: list[str], out: Path) -> dict[str, float]:
+    """The evaluate suite's extrinsic score: fine-tune from `ckpt` with the suite's overrides, test split."""
+    from lmpretrain.evaluate import extrinsic_scores
+
+    scores = extrinsic_scores(str(ckpt), task, list(overrides), out)
+    return {f"{task}/{k}": float(v) for k, v in scores.items() if k.startswith("test/")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=400, help="student steps (both students)")
     parser.add_argument("--teacher-steps", type=int, default=600)
     parser.add_argument("--out", type=Path, default=REPO / "logs" / "bench_distill")
     parser.add_argument("--retrain", action="store_true", help="train the teacher even if <out>/teacher has one")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take the students' last.ckpt from a previous run under <out> when there")
     parser.add_argument("--smoke", action="store_true", help="4 steps each: the plumbing only")
     args = parser.parse_args()
     if args.smoke:
@@ -120,29 +139,54 @@ def main() -> None:
     if args.retrain or args.smoke or not teacher.is_file():
         teacher, wall["teacher"] = fit("teacher", TEACHER, args.teacher_steps, args.out)
     runs = {"teacher": teacher}
-    runs["baseline"], wall["baseline"] = fit("baseline", STUDENT, args.steps, args.out)
-    runs["distilled"], wall["distilled"] = fit(
-        "distilled", [*STUDENT, "objective=distill", f"objective.teacher={teacher}"], args.steps, args.out)
+    previous = args.out / "results.json"
+    previous = json.loads(previous.read_text()) if args.reuse and previous.is_file() else None
+    for name, extra in (("baseline", STUDENT),
+                        ("distilled", [*STUDENT, "objective=distill", f"objective.teacher={teacher}"])):
+        cached = args.out / name / "checkpoints" / "last.ckpt"
+        if args.reuse and not args.smoke and cached.is_file():
+            runs[name], wall[name] = cached, (previous or {}).get("results", {}).get(name, {}).get("train_s")
+            print(f"{name}: reusing {cached}")
+        else:
+            runs[name], wall[name] = fit(name, extra, args.steps, args.out)
+    if previous and previous.get("meta", {}).get("student_steps") not in (None, args.steps):
+        print(f"warning: the reused students ran {previous['meta']['student_steps']} steps, not --steps {args.steps}")
 
-    results = {name: {**heldout_scores(path, cache_dir, data_dir), "train_s": wall.get(name)}
-               for name, path in runs.items()}
+    (task, task_overrides), = cfg.suite.tasks.items()  # conf/suite/default.yaml: spam, 150 steps
+    if args.smoke:
+        task_overrides = [*task_overrides, "trainer.max_steps=4", "trainer.val_check_interval=4"]
+    results = {}
+    for name, path in runs.items():
+        results[name] = {**heldout_scores(path, cache_dir, data_dir), "train_s": wall.get(name)}
+        results[name].update(task_scores(path, task, list(task_overrides), args.out / name / task))
     meta = {"date": date.today().isoformat(), "student_steps": args.steps, "teacher_steps": args.teacher_steps,
             "tokens_per_step": BLOCK * BATCH, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads "
-            f"(2 shared CPU cores), torch {torch.__version__}", "distill": "weights hard 0.5 + soft 0.5, T=2"}
+            f"(2 shared CPU cores), torch {torch.__version__}", "distill": "weights hard 0.5 + soft 0.5, T=2",
+            "extrinsic": f"{task}: {' '.join(task_overrides)}; test split"}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
 
     steps = {"teacher": args.teacher_steps, "baseline": args.steps, "distilled": args.steps}
     print(f"\n{meta['date']}; {meta['machine']}; {meta['tokens_per_step']} tokens/step; {meta['distill']}\n")
-    print("| model | params | steps | held-out val/loss | val/ppl | next-char acc | ckpt MB | train s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    acc, f1 = f"{task}/test/acc", f"{task}/test/f1"
+    print(f"| model | params | steps | held-out val/loss | val/ppl | next-char acc | {task} test acc | "
+          f"{task} test macro F1 | ckpt MB | train s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         train_s = f"{r['train_s']:.0f}" if r["train_s"] else "cached"
         print(f"| {name} | {r['params']:,} | {steps[name]} | {r['val_loss']:.4f} | {r['val_ppl']:.2f} | "
-              f"{r['next_char_acc']:.4f} | {r['ckpt_mb']:.2f} | {train_s} |")
-    gain = results["baseline"]["val_loss"] - results["distilled"]["val_loss"]
-    print(f"\ndistilled - baseline: val/loss {-gain:+.4f}, next-char acc "
-          f"{results['distilled']['next_char_acc'] - results['baseline']['next_char_acc']:+.4f}")
+              f"{r['next_char_acc']:.4f} | {r.get(acc, float('nan')):.4f} | {r.get(f1, float('nan')):.4f} | "
+              f"{r['ckpt_mb']:.2f} | {train_s} |")
+    base, dist = results["baseline"], results["distilled"]
+    n_test = TEST_EXAMPLES.get(task)
+    print(f"\ndistilled - baseline: val/loss {dist['val_loss'] - base['val_loss']:+.4f}, next-char acc "
+          f"{dist['next_char_acc'] - base['next_char_acc']:+.4f}, {task} test acc "
+          f"{dist.get(acc, float('nan')) - base.get(acc, float('nan')):+.4f}, macro F1 "
+          f"{dist.get(f1, float('nan')) - base.get(f1, float('nan')):+.4f}")
+    if n_test and acc in base:  # binomial standard error of one accuracy on n test examples
+        se = (base[acc] * (1 - base[acc]) / n_test) ** 0.5
+        print(f"{task} test: {n_test} examples, standard error of one accuracy ~{se:.4f} "
+              f"(of a difference of two independent ones ~{se * 2 ** 0.5:.4f})")
 
 
 if __name__ == "__main__":
