@@ -1,0 +1,174 @@
+"""The whole command as a user runs it, against a minimal script of the same run (nanoGPT's shape).
+
+    python bench/everyday.py [--steps 1000] [--repeats 2]
+
+(a) `python -m lmpretrain.train experiment=shakespeare_char trainer.max_steps=N` (its defaults:
+csv + wandb offline loggers, checkpoints, validation every 250 steps over the whole validation
+split), and (b) `bench/everyday.py --bare`: one file in nanoGPT's style with the same model
+(`lmpretrain.models.GPT`, 4 x 4 x 128, context 64, batch 12), AdamW, warmup + cosine schedule and
+gradient clipping; it reads tiny-shakespeare into memory, samples random windows like nanoGPT,
+evaluates the whole validation split every 250 steps with the same batch and saves a checkpoint
+after each evaluation. Runs alternate (a, b, a, b, ...); per run: wall time of the whole command,
+peak RSS (the process's maxrss), steady-state training tokens/s (median over the run's logging
+windows), and the wall time of a 1-step run (start-up: imports, data, model, first step, exit).
+Prints each figure and lmpretrain / bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bare(steps: int, out: Path, eval_interval: int = 250, eval_batch: int = 64) -> None:
+    """The minimal script (b). Prints one JSON line with its median tokens/s."""
+    t_start = time.perf_counter()
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(REPO / "src"))
+    from lmpretrain.models import GPT, GPTConfig
+    from lmpretrain.paths import data_root
+
+    torch.manual_seed(1337)
+    text = (data_root() / "tinyshakespeare.txt").read_text()
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    data = torch.tensor([stoi[c] for c in text], dtype=torch.long)
+    n = int(0.9 * len(data))
+    train, val = data[:n], data[n:]
+    block, batch = 64, 12
+    model = GPT(GPTConfig(vocab_size=len(chars), block_size=block, n_layer=4, n_head=4, n_embd=128, dropout=0.0))
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-3, betas=(0.9, 0.99))
+
+    def lr_at(it: int) -> float:
+        if it < 100:
+            return 1e-3 * (it + 1) / 101
+        ratio = (it - 100) / max(1, steps - 100)
+        return 1e-4 + 0.5 * (1 + math.cos(math.pi * ratio)) * (1e-3 - 1e-4)
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        model.eval()
+        starts = torch.arange(0, len(val) - block - 1, block)
+        total, count = 0.0, 0
+        for i in range(0, len(starts), eval_batch):
+            s = starts[i : i + eval_batch]
+            x = torch.stack([val[j : j + block] for j in s])
+            y = torch.stack([val[j + 1 : j + 1 + block] for j in s])
+            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum")
+            total, count = total + float(loss), count + y.numel()
+        model.train()
+        return total / count
+
+    rates, window_start, first_step, val_loss = [], time.perf_counter(), None, None
+    for it in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(it)
+        ix = torch.randint(len(train) - block - 1, (batch,))
+        x = torch.stack([train[i : i + block] for i in ix])
+        y = torch.stack([train[i + 1 : i + 1 + block] for i in ix])
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if first_step is None:
+            first_step = time.perf_counter() - t_start
+        if (it + 1) % 10 == 0:
+            now = time.perf_counter()
+            rates.append(10 * batch * block / (now - window_start))
+            window_start = now
+        if (it + 1) % eval_interval == 0:
+            val_loss = evaluate()
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": it + 1}, out / "ckpt.pt")
+            window_start = time.perf_counter()
+    print(json.dumps({"tokens_per_sec": statistics.median(rates) if rates else None, "val_loss": val_loss,
+                      "first_step_s": first_step}))
+
+
+def run(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MB) of the command's process, its stdout."""
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env={**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")})
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"error: {' '.join(cmd)} failed:\n{out[-3000:]}")
+    return wall, usage.ru_maxrss / 1024, out
+
+
+def ours(steps: int, work: Path) -> dict:
+    folder = work / f"ours_{time.time_ns()}"
+    cmd = [sys.executable, "-m", "lmpretrain.train", "experiment=shakespeare_char", f"trainer.max_steps={steps}",
+           f"hydra.run.dir={folder}"]
+    wall, rss, _ = run(cmd, REPO)
+    metrics = folder / "csv" / "metrics.csv"
+    rows = list(csv.DictReader(metrics.read_text().splitlines())) if metrics.is_file() else []  # 1 step: no log
+    rates = [float(r["train/tokens_per_sec"]) for r in rows if r.get("train/tokens_per_sec")]
+    val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    return {"wall_s": wall, "rss_mb": rss, "tokens_per_sec": statistics.median(rates) if rates else None,
+            "val_loss": val[-1] if val else None}
+
+
+def theirs(steps: int, work: Path) -> dict:
+    folder = work / f"bare_{time.time_ns()}"
+    folder.mkdir()
+    wall, rss, out = run([sys.executable, str(Path(__file__).resolve()), "--bare", "--steps", str(steps),
+                          "--out", str(folder)], REPO)
+    result = json.loads(out.strip().splitlines()[-1])
+    return {"wall_s": wall, "rss_mb": rss, "tokens_per_sec": result["tokens_per_sec"], "val_loss": result["val_loss"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare:
+        bare(args.steps, args.out)
+        return
+    results: dict[str, list[dict]] = {"lmpretrain": [], "bare": [], "lmpretrain_1step": [], "bare_1step": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for r in range(args.repeats):
+            for name, fn in (("lmpretrain", ours), ("bare", theirs)):
+                results[name].append(fn(args.steps, work))
+                results[f"{name}_1step"].append(fn(1, work))
+                print(f"run {r + 1} {name}: {results[name][-1]}; 1 step: {results[f'{name}_1step'][-1]['wall_s']:.1f} s",
+                      flush=True)
+    best = {k: {"wall_s": min(x["wall_s"] for x in v), "rss_mb": min(x["rss_mb"] for x in v),
+                "tokens_per_sec": max(x["tokens_per_sec"] or 0 for x in v), "val_loss": v[-1]["val_loss"] or math.nan}
+            for k, v in results.items()}
+    print(f"\n{args.steps} steps, best of {args.repeats} alternating runs")
+    print(f"{'':28s}{'lmpretrain':>12s}{'bare':>12s}{'ratio':>8s}")
+    for key, label in [("tokens_per_sec", "training tokens/s (median)"), ("wall_s", "wall time of the run (s)"),
+                       ("rss_mb", "peak RSS (MB)"), ("val_loss", "final val/loss")]:
+        a, b = best["lmpretrain"][key], best["bare"][key]
+        print(f"{label:28s}{a:12.1f}{b:12.1f}{a / b:8.2f}")
+    a, b = best["lmpretrain_1step"]["wall_s"], best["bare_1step"]["wall_s"]
+    print(f"{'a 1-step run (s)':28s}{a:12.1f}{b:12.1f}{a / b:8.2f}")
+    (REPO / "logs" / "bench_everyday").mkdir(parents=True, exist_ok=True)
+    (REPO / "logs" / "bench_everyday" / "results.json").write_text(json.dumps({"runs": results, "best": best}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
