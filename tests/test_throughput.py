@@ -68,10 +68,16 @@ def test_mfu_never_exceeds_one_and_the_better_peak_is_kept(tmp_path, monkeypatch
 def test_cpu_peak_is_the_best_ever_measured(tmp_path, monkeypatch):
     monkeypatch.setenv("LMPRETRAIN_CACHE", str(tmp_path))
     monkeypatch.setattr(throughput, "measured_cpu_peak_flops", lambda dtype, n=1024: 5e10)
+    assert throughput.cpu_peak_flops(torch.float32) == 5e10  # measured once, then cached
+
+    def never(dtype, n=1024):
+        raise AssertionError("a cached peak is not measured again (start-up time)")
+
+    monkeypatch.setattr(throughput, "measured_cpu_peak_flops", never)
     assert throughput.cpu_peak_flops(torch.float32) == 5e10
-    monkeypatch.setattr(throughput, "measured_cpu_peak_flops", lambda dtype, n=1024: 2e10)  # a busy machine
-    assert throughput.cpu_peak_flops(torch.float32) == 5e10
-    monkeypatch.setattr(throughput, "measured_cpu_peak_flops", lambda dtype, n=1024: 8e10)
+    assert throughput.remember_cpu_peak(torch.float32, 2e10) == 5e10  # a slower window changes nothing
+    assert throughput.remember_cpu_peak(torch.float32, 8e10) == 8e10  # a faster one raises the peak
     assert throughput.cpu_peak_flops(torch.float32) == 8e10
-    assert throughput.cpu_peak_flops(torch.bfloat16) == 8e10  # the fake probe; bf16 has its own entry
+    monkeypatch.setattr(throughput, "measured_cpu_peak_flops", lambda dtype, n=1024: 3e10)
+    assert throughput.cpu_peak_flops(torch.bfloat16) == 3e10  # bf16 has its own entry
     assert len(json.loads((tmp_path / "cpu_peak_flops.json").read_text())) == 2
