@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 import torch
 
+from lmpretrain.config import compose_config
 from lmpretrain.data.attacks import attack_texts
 from lmpretrain.paths import data_root
 
@@ -40,22 +41,7 @@ COMMON = ["task=spam", "trainer.accelerator=cpu", "logger=csv", "model.block_siz
 
 
 def compose(overrides: list[str], out: Path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from lmpretrain.config import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("finetune", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        del cfg.hydra
-    return cfg
+    return compose_config("finetune", overrides, out)
 
 
 def read_test() -> list[dict]:

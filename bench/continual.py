@@ -30,6 +30,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 import torch
 
+from lmpretrain.config import compose_config  # noqa: E402
+
 # name -> overrides of the continual run; replay = share of training blocks from A's train split
 SETTINGS = {
     "no replay": ["data.replay.fraction=0.0"],
@@ -42,22 +44,7 @@ QUIET = ["logger=csv", "callbacks.rich_progress_bar=null", "callbacks.samples=nu
 
 
 def compose(overrides: list[str], out: Path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from lmpretrain.config import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        del cfg.hydra
-    return cfg
+    return compose_config("train", overrides, out)
 
 
 def train_run(overrides: list[str], out: Path) -> tuple[Path, float]:

@@ -40,6 +40,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 import torch
 
+from lmpretrain.config import compose_config  # noqa: E402
+
 BLOCK, BATCH = 32, 16  # 512 tokens a step: what the loaded 2-core CPU this was measured on allows
 COMMON = ["experiment=shakespeare_char", "trainer.accelerator=cpu", "logger=csv", f"model.block_size={BLOCK}",
           f"data.batch_size={BATCH}", "model.dropout=0.0", "optimizer.lr=2e-3", "scheduler.warmup_steps=20",
@@ -51,22 +53,7 @@ SUITE = {"files": ["tinyshakespeare.txt"], "split": "tail", "val_fraction": 0.1,
 
 
 def compose(overrides: list[str], out: Path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from lmpretrain.config import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        del cfg.hydra
-    return cfg
+    return compose_config("train", overrides, out)
 
 
 def fit(name: str, overrides: list[str], steps: int, out: Path) -> tuple[Path, float]:

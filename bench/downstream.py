@@ -33,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from lmpretrain.config import compose_config  # noqa: E402
 from lmpretrain.paths import data_root  # noqa: E402
 
 CPU = ["trainer.accelerator=cpu", "logger=csv"]
@@ -133,23 +134,6 @@ def baseline(task: str) -> dict[str, float]:
 
 # ---------------------------------------------------------------- (b), (c) lmpretrain runs
 
-def compose(config_name: str, overrides: list[str], out: Path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from lmpretrain.config import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        del cfg.hydra
-    return cfg
 
 
 def steps(n: int, scale: float) -> int:
@@ -162,7 +146,7 @@ def pretrain(name: str, out: Path, scale: float) -> Path:
     spec, ckpt = PRETRAIN[name], out / f"pretrain_{name}" / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         n = steps(spec["steps"], scale)
-        train(compose("train", [*spec["overrides"], *CPU, f"trainer.max_steps={n}",
+        train(compose_config("train", [*spec["overrides"], *CPU, f"trainer.max_steps={n}",
                                 f"trainer.val_check_interval={max(1, n // 4)}"], out / f"pretrain_{name}"))
     return ckpt
 
@@ -175,7 +159,7 @@ def finetune_run(task: str, ckpt: Path | None, out: Path, scale: float) -> dict[
                  f"trainer.val_check_interval={max(1, n // 3)}"]
     if ckpt is not None:
         overrides.append(f"pretrained={ckpt}")
-    return finetune(compose("finetune", overrides, out / f"{task}_{'pretrained' if ckpt else 'scratch'}"))
+    return finetune(compose_config("finetune", overrides, out / f"{task}_{'pretrained' if ckpt else 'scratch'}"))
 
 
 def main() -> None:

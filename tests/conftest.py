@@ -4,12 +4,9 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from lmpretrain.config import CONF_DIR
+from lmpretrain.config import compose_config
 from lmpretrain.paths import data_root
 
 DATA = data_root()
@@ -27,14 +24,7 @@ def _session_cache(tmp_path_factory):
 
 def make_cfg(output_dir: Path, overrides: list[str] = (), config_name: str = "train") -> DictConfig:
     """Compose a config as `@hydra.main` would, with outputs under `output_dir`."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        del cfg.hydra
-    return cfg
+    return compose_config(config_name, overrides, output_dir)
 
 
 def require_data(*names: str) -> None:

@@ -15,6 +15,25 @@ from lmpretrain.models import model_config
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
+def compose_config(config_name: str, overrides: list[str] | tuple[str, ...], output_dir: str | Path) -> DictConfig:
+    """Compose `conf/<config_name>.yaml` with `overrides` as its `@hydra.main` entrypoint would,
+    with run outputs under `output_dir`: for scripts (bench/) and tests that call the plain
+    functions (`train(cfg)`, `finetune(cfg)`, ...) instead of the command line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # ${hydra:...} interpolations and HydraConfig.get() work
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg.hydra
+    return cfg
+
+
 def to_dict(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
