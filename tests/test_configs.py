@@ -88,6 +88,8 @@ def reference_step(tmp_path_factory):
 ENCODER = ["tokenizer=wordpiece", "tokenizer.vocab_size=2000"]
 OBJECTIVE_RUNS = {  # {corpus} = small_corpus
     "causal_lm": [],  # train.yaml's defaults: tinyshakespeare, char tokenizer, gpt_tiny
+    # {teacher}: a 2-step gpt_tiny of the same char tokenizer (fixture distill_teacher)
+    "distill": ["objective.teacher={teacher}", "model.n_layer=2", "model.n_embd=64", "model.n_head=2"],
     "contrastive": ["data=pairs", "data.files=['{corpus}']", "data.examples=texts", *ENCODER, "model=bert_tiny"],
     "mlm": ["data=text", "data.files=['{corpus}']", *ENCODER, "model=bert_tiny"],
     "mlm_nsp": ["data=pairs", "data.files=['{corpus}']", "data.examples=nsp", *ENCODER, "model=bert_tiny"],
@@ -97,23 +99,36 @@ OBJECTIVE_RUNS = {  # {corpus} = small_corpus
 }
 
 
+@pytest.fixture(scope="module")
+def distill_teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    train(make_cfg(out, [o for o in ONE_STEP if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=2"]))
+    return out / "checkpoints" / "last.ckpt"
+
+
 def test_objective_runs_cover_every_objective_option():
     assert sorted(OBJECTIVE_RUNS) == options("objective")
 
 
 @pytest.mark.parametrize("objective", sorted(OBJECTIVE_RUNS))
-def test_every_objective_trains_a_step_from_chance(tmp_path, small_corpus, objective):
+def test_every_objective_trains_a_step_from_chance(tmp_path, small_corpus, objective, request):
     """Each objective builds the module it names and trains its network. At initialization every
     prediction is near uniform, so a token loss starts at ln(vocabulary) and a two-way sentence loss
     at ln 2; the logged parts add up to the logged total."""
-    overrides = [o.format(corpus=small_corpus) for o in OBJECTIVE_RUNS[objective]]
+    teacher = request.getfixturevalue("distill_teacher") if objective == "distill" else None
+    overrides = [o.format(corpus=small_corpus, teacher=teacher) for o in OBJECTIVE_RUNS[objective]]
     cfg, module, _, m, changed = one_step(tmp_path, [f"objective={objective}", *overrides])
     assert type(module).__name__ == cfg.objective._target_.rsplit(".", 1)[-1]
     assert block_matrices(module.network) <= changed  # the whole trunk trained
     if module.uses_every_parameter:  # what lets DDP skip its unused-parameter search: it must hold
         assert changed == {k for k, _ in module.network.named_parameters()}
     ln_vocab = math.log(module.network.config.vocab_size)  # span corruption: its sentinels included
-    if objective in ("causal_lm", "mlm", "span_corruption"):
+    if objective == "distill":  # 0.5 hard + 0.5 soft (T^2 KL to a near-uniform teacher: near 0)
+        assert m["train/hard_loss"] == pytest.approx(ln_vocab, abs=0.25)
+        assert m["train/loss"] == pytest.approx(0.5 * m["train/hard_loss"] + 0.5 * m["train/soft_loss"], rel=1e-5)
+        assert 0 <= m["train/soft_loss"] < 0.5
+        assert m["val/loss"] == pytest.approx(ln_vocab, abs=0.25)  # validation: the student's own objective
+    elif objective in ("causal_lm", "mlm", "span_corruption"):
         assert m["train/loss"] == pytest.approx(ln_vocab, abs=0.25)
         assert m["val/ppl"] == pytest.approx(math.exp(m["val/loss"]), rel=1e-4)
     elif objective in ("mlm_nsp", "mlm_sop"):
