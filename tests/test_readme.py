@@ -160,8 +160,9 @@ def shorten(entry: str, args: list[str], runs: Runs) -> list[str]:
 
 
 def smaller_debian(cfg) -> None:
-    """Debian's training file (6 MB gzipped) -> its validation file (0.5 MB), wherever a command reads
-    it: the same format and fields, a tenth of the tokenizing."""
+    """Debian's training file (6 MB gzipped) -> its validation file (0.5 MB) where a command reads it
+    as a corpus (a list of files): the same format and fields, a tenth of the tokenizing. A task's
+    train/val/test files stay (its labels come from the training split)."""
     from omegaconf import DictConfig, ListConfig
 
     def walk(node) -> None:
@@ -169,8 +170,8 @@ def smaller_debian(cfg) -> None:
         for key, value in list(items):
             if isinstance(value, (DictConfig, ListConfig)):
                 walk(value)
-            elif value == "debian_packages.train.jsonl.gz":
-                node[key] = "debian_packages.validation.jsonl.gz"
+            elif value == "debian_packages.train.jsonl.gz" and isinstance(node, ListConfig):
+                node[key] = "debian_packages.validation.jsonl.gz"  # a corpus; a task's {train: ...} stays
 
     walk(cfg)
 
