@@ -36,7 +36,12 @@ def read_run(run_dir: Path) -> Curves:
     if (run_dir / CURVES_FILE).is_file():
         raw = json.loads((run_dir / CURVES_FILE).read_text())
         return {k: [(int(s), float(v)) for s, v in pts] for k, pts in raw.items()}
-    metrics = run_dir / "csv" / "metrics.csv"
+    return read_csv_metrics(run_dir)
+
+
+def read_csv_metrics(run_dir: Path) -> Curves:
+    """The CSV logger's `csv/metrics.csv` of a run as curves ({} when there is none)."""
+    metrics = Path(run_dir) / "csv" / "metrics.csv"
     if not metrics.is_file():
         return {}
     curves: Curves = {}

@@ -3,7 +3,6 @@
 plain path untouched when off, that it is exact under gradient accumulation and DDP, and that the
 attacks are seeded and hit the requested share of the text."""
 
-import csv
 import gzip
 import json
 import os
@@ -21,6 +20,7 @@ from conftest import DATA, make_cfg
 from lmpretrain.data.attacks import NEIGHBOURS, attack_texts, char_noise, word_substitution
 from lmpretrain.errors import ConfigError, find_user_error
 from lmpretrain.finetune import build
+from lmpretrain.plot import read_csv_metrics
 from lmpretrain.tasks import SequenceClassificationModule, TokenClassificationModule
 from lmpretrain.tasks.adversarial import AdversarialConfig, adversarial_loss, per_example_norm
 
@@ -245,13 +245,7 @@ def finetune_cli(out, *overrides) -> dict[str, dict[int, float]]:
                         f"hydra.run.dir={out}"], check=False, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    metrics: dict[str, dict[int, float]] = {}
-    with open(out / "csv" / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            for name, value in row.items():
-                if name not in ("step", "epoch") and value:
-                    metrics.setdefault(name, {})[int(row["step"])] = float(value)
-    return metrics
+    return {name: dict(points) for name, points in read_csv_metrics(out).items()}
 
 
 @pytest.mark.slow  # one- and two-process runs: ~50 s

@@ -1,7 +1,6 @@
 """Fine-tuning end to end: a pretraining checkpoint's network and tokenizer carry over, heads train
 on real downstream data, and bad input ends in one clear error."""
 
-import csv
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import torch
 
 from conftest import make_cfg
 from lmpretrain.finetune import build, finetune
+from lmpretrain.plot import read_csv_metrics
 from lmpretrain.tasks import SequenceClassificationModule, TokenClassificationModule
 from lmpretrain.train import train
 
@@ -149,13 +149,7 @@ def finetune_cli(out, pretrained, *overrides) -> dict[str, dict[int, float]]:
                         *overrides, f"hydra.run.dir={out}"], check=False,
                        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    metrics: dict[str, dict[int, float]] = {}
-    with open(out / "csv" / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            for name, value in row.items():
-                if name not in ("step", "epoch") and value:
-                    metrics.setdefault(name, {})[int(row["step"])] = float(value)
-    return metrics
+    return {name: dict(points) for name, points in read_csv_metrics(out).items()}
 
 
 @pytest.fixture(scope="module")
