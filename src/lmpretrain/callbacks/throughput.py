@@ -90,13 +90,20 @@ def remember_cpu_peak(dtype: torch.dtype, flops: float) -> float:
 
 
 def cpu_peak_flops(dtype: torch.dtype = torch.float32) -> float:
-    """The cached best for this CPU, thread count and dtype; measured (1024 and 2048 matmuls, ~1 s)
+    """The cached best for this CPU, thread count and dtype; measured (256 up to 2048 matmuls, ~1 s)
     only when there is none. A peak probed while other work ran is too low: any training window
     that runs faster replaces it (`TokenThroughput`), never the other way round."""
     cached = _read_peaks().get(_cpu_key(dtype))
     if cached:
         return cached
-    return remember_cpu_peak(dtype, max(measured_cpu_peak_flops(dtype, n) for n in (1024, 2048)))
+    best = 0.0
+    for n in (256, 512, 1024, 2048):
+        best = max(best, measured_cpu_peak_flops(dtype, n))
+        # Stop growing once one matmul takes over 50 ms: bf16 emulated on an AVX2 CPU (~1 GFLOP/s)
+        # would spend a minute on a 2048 matmul, at the start of every run with an empty cache.
+        if 2 * (2 * n) ** 3 / best > 0.05:
+            break
+    return remember_cpu_peak(dtype, best)
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:
