@@ -48,6 +48,22 @@ def test_loss_decreases_on_real_corpus(tmp_path):
     assert math.isclose(trainer.callback_metrics["val/ppl"], math.exp(trainer.callback_metrics["val/loss"]), rel_tol=1e-5)
 
 
+def test_eval_batch_size_changes_only_the_speed_of_validation(tmp_path):
+    """data.eval_batch_size: the whole validation split in fewer, larger batches, the same val/loss
+    (token-weighted), and the training stream untouched."""
+    losses = {}
+    for eval_batch in (None, 100):
+        cfg = make_cfg(tmp_path / str(eval_batch), ["debug=fast", "trainer.limit_val_batches=1.0",
+                                                    f"data.eval_batch_size={eval_batch or 'null'}"])
+        datamodule, module, trainer = build(cfg)
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        sizes = [len(b["input_ids"]) for b in datamodule.val_dataloader()]
+        assert max(sizes) == (eval_batch or cfg.data.batch_size) and datamodule.train_dataloader().batch_size == 12
+        losses[eval_batch] = (float(trainer.callback_metrics["val/loss"]), sum(sizes))
+    assert losses[None][1] == losses[100][1] > 1000  # every block of the split, both ways
+    assert losses[100][0] == pytest.approx(losses[None][0], rel=1e-5)
+
+
 def test_lr_follows_schedule_every_optimizer_step_with_accumulation(tmp_path):
     rec, _ = fit(make_cfg(tmp_path, SHORT + ["trainer.max_steps=12", "scheduler.max_steps=12",
                                               "trainer.accumulate_grad_batches=2", "trainer.val_check_interval=24"]))

@@ -68,6 +68,10 @@ class StreamingDataModule(L.LightningDataModule):
     # Whether `connect(tokenizer=...)` may replace the tokenizer this module would train itself
     # (fine-tuning a pretrained checkpoint must read text exactly as it was pretrained).
     takes_tokenizer = False
+    # Batch size of the validation/test loaders; None = batch_size. Evaluation keeps no activations
+    # for a backward pass, so a larger batch costs little memory and makes a whole-split
+    # evaluation several times cheaper than at the training batch (12 in nanoGPT's CPU run).
+    eval_batch_size: int | None = None
 
     def __init__(self, block_size: int | None, batch_size: int, num_workers: int, seed: int):
         super().__init__()
@@ -114,7 +118,10 @@ class StreamingDataModule(L.LightningDataModule):
         checkpoint left off."""
         rank, world = self.rank_and_world()
         start = self.train_batches_seen if part == "train" else 0
-        return {"batch_size": self.batch_size, "start_batch": start, "rank": rank, "world_size": world}
+        return {"batch_size": self.batch_size_of(part), "start_batch": start, "rank": rank, "world_size": world}
+
+    def batch_size_of(self, part: str) -> int:
+        return self.batch_size if part == "train" or not self.eval_batch_size else self.eval_batch_size
 
     def dataset(self, part: str) -> ShardedStream:
         raise NotImplementedError
@@ -122,7 +129,7 @@ class StreamingDataModule(L.LightningDataModule):
     def _loader(self, part: str) -> DataLoader:
         return DataLoader(
             self.dataset(part),
-            batch_size=self.batch_size,
+            batch_size=self.batch_size_of(part),
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
             pin_memory=torch.cuda.is_available(),
