@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,18 @@ def test_default_run_console_has_no_third_party_noise(tmp_path):
     one-line wandb sync hint, and none of the tips, deprecation notices and empty fields it used to."""
     env = {**os.environ, "WANDB_MODE": "offline", "COLUMNS": "200"}
     env.pop("WANDB_SILENT", None)
+    started = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "lmpretrain.train", "trainer.max_steps=4", "trainer.val_check_interval=2",
                         "trainer.limit_val_batches=2", "trainer.log_every_n_steps=2", "trainer.num_sanity_val_steps=0",
                         f"hydra.run.dir={tmp_path}"],
                        check=False, capture_output=True, text=True, env=env, timeout=600)
+    wall = time.perf_counter() - started
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
+    # the start-up time is logged once, from the process's creation to the first step's end
+    (startup,) = _metrics(tmp_path, "train/startup_s")
+    assert 0.5 < startup < wall, (startup, wall)  # the imports alone take over half a second
+    assert "first training step done" in out
     for noise in ["Tip:", "Epoch 0/-2", "FLOPs", "deprecated", "anonymous setting", "v_num", "Run history",
                   "was configured so"]:
         assert noise not in out, f"{noise!r} printed:\n{out[-3000:]}"

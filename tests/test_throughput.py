@@ -1,6 +1,9 @@
 """The throughput callback's tokens/s, samples/s, TFLOP/s and MFU agree with each other and the FLOP count."""
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -81,3 +84,14 @@ def test_cpu_peak_is_the_best_ever_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(throughput, "measured_cpu_peak_flops", lambda dtype, n=1024: 3e10)
     assert throughput.cpu_peak_flops(torch.bfloat16) == 3e10  # bf16 has its own entry
     assert len(json.loads((tmp_path / "cpu_peak_flops.json").read_text())) == 2
+
+
+def test_seconds_since_process_start_counts_the_interpreter_start(tmp_path):
+    """A child that sleeps 1 s before importing us reports at least that second, and no more than the
+    parent saw the child live."""
+    code = ("import time; time.sleep(1.0); "
+            "from lmpretrain.callbacks.throughput import seconds_since_process_start as s; print(s())")
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    wall = time.perf_counter() - started
+    assert 1.0 <= float(out) <= wall + 0.02, (out, wall)  # /proc's 10 ms ticks on both ends

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -119,6 +120,19 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     return None
 
 
+_IMPORTED = time.perf_counter()
+
+
+def seconds_since_process_start() -> float:
+    """Seconds since this process was created (interpreter start and every import included), from
+    /proc on Linux (10 ms resolution); elsewhere since this module was imported."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        return float(Path("/proc/uptime").read_text().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
+
+
 class TokenThroughput(L.Callback):
     """Logs `train/tokens_per_sec`, `train/samples_per_sec`, and (when the objective can count its
     FLOPs and the device's peak is known) `train/tflops_per_sec` and `train/mfu`.
@@ -134,6 +148,7 @@ class TokenThroughput(L.Callback):
         self._start: float | None = None
         self._tokens = self._samples = self._flops = self._batches = 0
         self.tokens_seen = 0  # over the whole run, resumed from the checkpoint: an x axis for dashboards
+        self._startup_logged = False
 
     def _reset(self) -> None:
         self._start, self._tokens, self._samples, self._flops, self._batches = None, 0, 0, 0, 0
@@ -150,6 +165,8 @@ class TokenThroughput(L.Callback):
             self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._startup_logged:
+            self._log_startup(trainer)
         ids = batch["input_ids"]  # (B, T) on each rank; all ranks run the same shapes
         tokens = ids.numel() * trainer.world_size
         self._tokens += tokens
@@ -171,6 +188,17 @@ class TokenThroughput(L.Callback):
                     metrics["train/mfu"] = per_device / self._peak
             pl_module.log_dict(metrics)
             self._reset()
+
+    def _log_startup(self, trainer) -> None:
+        """`train/startup_s`: seconds from the command's start (the process's creation time) to the
+        end of the first training batch, once per process: what a user waits for before a run runs."""
+        self._startup_logged = True
+        if not trainer.is_global_zero:
+            return
+        startup = seconds_since_process_start()
+        log.info("first training step done %.1f s after the command started", startup)
+        for logger in trainer.loggers:
+            logger.log_metrics({"train/startup_s": startup}, step=trainer.global_step)
 
     def _raise_peak(self, achieved: float, trainer) -> None:
         if trainer.is_global_zero:
