@@ -7,7 +7,7 @@ csv + wandb offline loggers, checkpoints, validation every 250 steps over the wh
 split), and (b) `bench/everyday.py --bare`: one file in nanoGPT's style with the same model
 (`lmpretrain.models.GPT`, 4 x 4 x 128, context 64, batch 12), AdamW, warmup + cosine schedule and
 gradient clipping; it reads tiny-shakespeare into memory, samples random windows like nanoGPT,
-evaluates the whole validation split every 250 steps with the same batch and saves a checkpoint
+evaluates the whole validation split every 250 steps with the same batch (128 blocks) and saves a checkpoint
 after each evaluation. Runs alternate (a, b, a, b, ...); per run: wall time of the whole command,
 peak RSS (the process's maxrss), steady-state training tokens/s (median over the run's logging
 windows), and the wall time of a 1-step run (start-up: imports, data, model, first step, exit).
@@ -31,13 +31,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bare(steps: int, out: Path, eval_interval: int = 250, eval_batch: int = 64) -> None:
+def bare(steps: int, out: Path, eval_interval: int = 250, eval_batch: int = 128) -> None:
     """The minimal script (b). Prints one JSON line with its median tokens/s."""
-    t_start = time.perf_counter()
     import torch
     import torch.nn.functional as F
 
     sys.path.insert(0, str(REPO / "src"))
+    from lmpretrain.clock import seconds_since_process_start
     from lmpretrain.models import GPT, GPTConfig
     from lmpretrain.paths import data_root
 
@@ -88,7 +88,7 @@ def bare(steps: int, out: Path, eval_interval: int = 250, eval_batch: int = 64) 
         opt.step()
         opt.zero_grad(set_to_none=True)
         if first_step is None:
-            first_step = time.perf_counter() - t_start
+            first_step = seconds_since_process_start()  # as lmpretrain's train/startup_s
         if (it + 1) % 10 == 0:
             now = time.perf_counter()
             rates.append(10 * batch * block / (now - window_start))
@@ -123,8 +123,9 @@ def ours(steps: int, work: Path) -> dict:
     rows = list(csv.DictReader(metrics.read_text().splitlines())) if metrics.is_file() else []  # 1 step: no log
     rates = [float(r["train/tokens_per_sec"]) for r in rows if r.get("train/tokens_per_sec")]
     val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    startup = [float(r["train/startup_s"]) for r in rows if r.get("train/startup_s")]
     return {"wall_s": wall, "rss_mb": rss, "tokens_per_sec": statistics.median(rates) if rates else None,
-            "val_loss": val[-1] if val else None}
+            "val_loss": val[-1] if val else None, "first_step_s": startup[0] if startup else None}
 
 
 def theirs(steps: int, work: Path) -> dict:
@@ -133,7 +134,8 @@ def theirs(steps: int, work: Path) -> dict:
     wall, rss, out = run([sys.executable, str(Path(__file__).resolve()), "--bare", "--steps", str(steps),
                           "--out", str(folder)], REPO)
     result = json.loads(out.strip().splitlines()[-1])
-    return {"wall_s": wall, "rss_mb": rss, "tokens_per_sec": result["tokens_per_sec"], "val_loss": result["val_loss"]}
+    return {"wall_s": wall, "rss_mb": rss, "tokens_per_sec": result["tokens_per_sec"], "val_loss": result["val_loss"],
+            "first_step_s": result["first_step_s"]}
 
 
 def main() -> None:
@@ -156,7 +158,8 @@ def main() -> None:
                 print(f"run {r + 1} {name}: {results[name][-1]}; 1 step: {results[f'{name}_1step'][-1]['wall_s']:.1f} s",
                       flush=True)
     best = {k: {"wall_s": min(x["wall_s"] for x in v), "rss_mb": min(x["rss_mb"] for x in v),
-                "tokens_per_sec": max(x["tokens_per_sec"] or 0 for x in v), "val_loss": v[-1]["val_loss"] or math.nan}
+                "tokens_per_sec": max(x["tokens_per_sec"] or 0 for x in v), "val_loss": v[-1]["val_loss"] or math.nan,
+                "first_step_s": min(x["first_step_s"] or math.inf for x in v)}
             for k, v in results.items()}
     print(f"\n{args.steps} steps, best of {args.repeats} alternating runs")
     print(f"{'':28s}{'lmpretrain':>12s}{'bare':>12s}{'ratio':>8s}")
@@ -164,8 +167,9 @@ def main() -> None:
                        ("rss_mb", "peak RSS (MB)"), ("val_loss", "final val/loss")]:
         a, b = best["lmpretrain"][key], best["bare"][key]
         print(f"{label:28s}{a:12.1f}{b:12.1f}{a / b:8.2f}")
-    a, b = best["lmpretrain_1step"]["wall_s"], best["bare_1step"]["wall_s"]
-    print(f"{'a 1-step run (s)':28s}{a:12.1f}{b:12.1f}{a / b:8.2f}")
+    for key, label in [("first_step_s", "command to first step (s)"), ("wall_s", "a 1-step run (s)")]:
+        a, b = best["lmpretrain_1step"][key], best["bare_1step"][key]
+        print(f"{label:28s}{a:12.1f}{b:12.1f}{a / b:8.2f}")
     (REPO / "logs" / "bench_everyday").mkdir(parents=True, exist_ok=True)
     (REPO / "logs" / "bench_everyday" / "results.json").write_text(json.dumps({"runs": results, "best": best}, indent=1))
 

@@ -90,7 +90,7 @@ def test_seconds_since_process_start_counts_the_interpreter_start(tmp_path):
     """A child that sleeps 1 s before importing us reports at least that second, and no more than the
     parent saw the child live."""
     code = ("import time; time.sleep(1.0); "
-            "from lmpretrain.callbacks.throughput import seconds_since_process_start as s; print(s())")
+            "from lmpretrain.clock import seconds_since_process_start as s; print(s())")
     started = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     wall = time.perf_counter() - started

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import platform
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import lightning as L
 import torch
 
 from lmpretrain.atomic import DiskFullError, atomic_write_json
+from lmpretrain.clock import seconds_since_process_start
 from lmpretrain.paths import cache_root
 
 log = logging.getLogger(__name__)
@@ -118,19 +118,6 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
             dtype = "bf16"
         return next((v for (frag, dt), v in PEAK_FLOPS.items() if frag in name and dt == dtype), None)
     return None
-
-
-_IMPORTED = time.perf_counter()
-
-
-def seconds_since_process_start() -> float:
-    """Seconds since this process was created (interpreter start and every import included), from
-    /proc on Linux (10 ms resolution); elsewhere since this module was imported."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
-        return float(Path("/proc/uptime").read_text().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return time.perf_counter() - _IMPORTED
 
 
 class TokenThroughput(L.Callback):
