@@ -22,7 +22,8 @@ SHAKESPEARE_VAL = ("{files: [tinyshakespeare.txt], split: tail, val_fraction: 0.
 def gpt_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpt")
     # shakespeare_char's data and tokenizer; its validation: 2 batches of 12 x 64 in file order
-    metrics = train(make_cfg(out, ["experiment=shakespeare_char", *FAST, "trainer.limit_val_batches=2"]))
+    metrics = train(make_cfg(out, ["experiment=shakespeare_char", *FAST, "trainer.limit_val_batches=2",
+                                   "data.eval_batch_size=12"]))
     return out / "checkpoints" / "last.ckpt", metrics
 
 
@@ -60,6 +61,7 @@ def test_intrinsic_scores_equal_the_runs_validation_and_tasks_are_tested(gpt_che
 
 def test_suite_during_pretraining_logs_eval_scores_and_leaves_the_run_unchanged(tmp_path):
     common = ["experiment=shakespeare_char", *FAST, "logger=csv", "trainer.max_steps=4", "trainer.limit_val_batches=2",
+              "data.eval_batch_size=12",
               f"+suite.intrinsic.shakespeare={SHAKESPEARE_VAL}", "~suite.intrinsic.debian", "suite.tasks={}"]
     plain = train(make_cfg(tmp_path / "plain", common))
     with_eval = train(make_cfg(tmp_path / "eval", [*common, "callbacks.evaluation.every_n_steps=2"]))
