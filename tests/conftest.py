@@ -13,6 +13,16 @@ DATA = data_root()
 SHAKESPEARE = DATA / "tinyshakespeare.txt"
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on a 2-core machine: one thread per worker (and per process it starts), since
+    # two workers each running torch on every core oversubscribe it, and spinning OpenMP threads
+    # that wait for a core make each step many times slower.
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory):
     """One tokenizer/token cache for the whole session; never the user's own cache."""

@@ -26,7 +26,7 @@ ENTRIES = ("train", "finetune", "evaluate", "generate", "inspect", "plot")
 # run on a CPU-only machine without a cluster (pattern -> "why").
 ELSEWHERE = {
     r"^python3 -m venv .* && python -m lmpretrain\.train$": ".ci/run (install) + test_readme.py (python -m lmpretrain.train debug=fast)",
-    r"^python3 -m venv .* && pytest -m 'slow or not slow'$": ".ci/run",
+    r"^python3 -m venv .* && pytest -m 'slow or not slow' -n auto --dist loadfile$": ".ci/run",
     r"^python -m lmpretrain\.train -m ": "tests/test_sweeps.py::test_grid_sweep_one_wandb_run_per_job_in_one_group",
     r"^-m hparams_search=optuna$": "tests/test_sweeps.py::test_optuna_search_skips_failed_trials_and_resumes",
     r"^python -m lmpretrain\.prepare": ("tests/test_prepare.py::test_default_config_prepares_shakespeare_into_valid_shards; "
