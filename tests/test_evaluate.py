@@ -62,12 +62,13 @@ def test_intrinsic_scores_equal_the_runs_validation_and_tasks_are_tested(gpt_che
 def test_suite_during_pretraining_logs_eval_scores_and_leaves_the_run_unchanged(tmp_path):
     common = ["experiment=shakespeare_char", *FAST, "logger=csv", "trainer.max_steps=4", "trainer.limit_val_batches=2",
               "data.eval_batch_size=12",
-              f"+suite.intrinsic.shakespeare={SHAKESPEARE_VAL}", "~suite.intrinsic.debian", "suite.tasks={}"]
+              f"+suite.intrinsic.shakespeare={SHAKESPEARE_VAL}", "~suite.intrinsic.debian", "~suite.tasks.spam"]
     plain = train(make_cfg(tmp_path / "plain", common))
     with_eval = train(make_cfg(tmp_path / "eval", [*common, "callbacks.evaluation.every_n_steps=2"]))
     assert with_eval["train/loss"] == plain["train/loss"] and with_eval["val/loss"] == plain["val/loss"]
     rows = list(csv.DictReader(open(tmp_path / "eval" / "csv" / "metrics.csv")))
     evals = {int(r["step"]): float(r["eval/shakespeare/val/loss"]) for r in rows if r.get("eval/shakespeare/val/loss")}
     assert sorted(evals) == [2, 4]
+    assert not any(k.startswith("eval/spam") for k in rows[0])  # the suite held no task: nothing fine-tuned
     assert evals[4] == pytest.approx(with_eval["val/loss"], rel=1e-5)  # step 4: the same weights and batches
     assert (tmp_path / "eval" / "eval" / "step000002.ckpt").is_file()
