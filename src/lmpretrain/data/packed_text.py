@@ -66,8 +66,7 @@ class PackedTextDataModule(PackedBlocksDataModule):
     def __init__(self, files: list[str], tokenizer: dict | None = None, block_size: int = 256, batch_size: int = 12,
                  num_workers: int = 0, seed: int = 0, replay: dict | None = None, eval_batch_size: int | None = None,
                  **corpus):
-        super().__init__(block_size, batch_size, num_workers, seed)
-        self.eval_batch_size = eval_batch_size
+        super().__init__(block_size, batch_size, num_workers, seed, eval_batch_size)
         tokenizer, corpus = to_dict(tokenizer), to_dict(corpus)  # plain values: Hydra passes ListConfigs
         self.corpus = TextCorpus.from_config(files, tokenizer, corpus)
         self.replay_fraction, self.replay_corpus = read_replay(replay, tokenizer, corpus)

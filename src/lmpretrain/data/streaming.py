@@ -68,14 +68,15 @@ class StreamingDataModule(L.LightningDataModule):
     # Whether `connect(tokenizer=...)` may replace the tokenizer this module would train itself
     # (fine-tuning a pretrained checkpoint must read text exactly as it was pretrained).
     takes_tokenizer = False
-    # Batch size of the validation/test loaders; None = batch_size. Evaluation keeps no activations
-    # for a backward pass, so a larger batch costs little memory and makes a whole-split
-    # evaluation several times cheaper than at the training batch (12 in nanoGPT's CPU run).
-    eval_batch_size: int | None = None
 
-    def __init__(self, block_size: int | None, batch_size: int, num_workers: int, seed: int):
+    def __init__(self, block_size: int | None, batch_size: int, num_workers: int, seed: int,
+                 eval_batch_size: int | None = None):
         super().__init__()
         self.block_size, self.batch_size, self.num_workers, self.seed = block_size, batch_size, num_workers, seed
+        # Batch size of the validation/test loaders; None = batch_size. Evaluation keeps no activations
+        # for a backward pass, so a larger batch costs little memory and makes a whole-split
+        # evaluation several times cheaper than at the training batch (12 in nanoGPT's CPU run).
+        self.eval_batch_size = eval_batch_size
         self.tokenizer = None
         self.train_batches_seen = 0
 
