@@ -47,3 +47,29 @@ def test_smoke_run_writes_every_column_for_a_task(tmp_path):
     for kind in ("scratch", "pretrained"):
         assert -1 <= results[f"similarity_lee/{kind}"]["metrics"]["test/spearman"] <= 1
     assert "| similarity_lee | test/spearman | 0.406 |" in r.stdout, r.stdout[-2000:]
+
+
+def test_shared_corpus_holds_training_text_only_and_every_domain(tmp_path):
+    """The "mlm_shared" pretraining corpus reads no text a downstream task scores: no spam or QA
+    test record, no dialogue prompt or Lee document that the task presets' hash splits put in
+    validation or test. Every source is there, a small one repeated up to about `min_share`."""
+    require_data("spam.test.jsonl.gz", "qa_wordnet.test.jsonl.gz", "dialogue_chatterbot.jsonl",
+                 "similarity_lee.jsonl", "ner_wnut.train.conll")
+    from lmpretrain.data.corpus import split_by_hash
+
+    path = tmp_path / "shared.jsonl"
+    written = downstream.shared_corpus(path, min_share=0.02)
+    docs = {json.loads(line)["text"] for line in path.open(encoding="utf-8")}
+    train_spam = {r["text"] for r in downstream.read_jsonl("spam.train.jsonl.gz")}
+    held_out = [r["text"] for r in downstream.read_jsonl("spam.test.jsonl.gz") if r["text"] not in train_spam]
+    train_qa = {r["context"] for r in downstream.read_jsonl("qa_wordnet.train.jsonl.gz")}
+    held_out += [r["context"] for r in downstream.read_jsonl("qa_wordnet.test.jsonl.gz") if r["context"] not in train_qa]
+    dialogue = downstream.read_jsonl("dialogue_chatterbot.jsonl")
+    held_out += [f"{r['prompt']}\n{r['response']}" for r in dialogue if split_by_hash(r["prompt"], 0.1, 0.1) != "train"]
+    lee = {t for r in downstream.read_jsonl("similarity_lee.jsonl") for t in (r["text_a"], r["text_b"])}
+    held_out += [t for t in lee if split_by_hash(t, 0.25, 0.25) != "train"]
+    assert len(held_out) > 1000 and not docs.intersection(held_out)
+    assert any(split_by_hash(t, 0.25, 0.25) == "train" and t in docs for t in lee)
+    total = sum(written.values())
+    assert set(written) == {"debian", "spam", "qa", "bible_en", "dialogue", "lee", "shakespeare", "tweets"}
+    assert all(n / total > 0.6 * 0.02 for n in written.values()), written  # rounding of the repeat count

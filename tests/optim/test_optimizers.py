@@ -68,9 +68,12 @@ def test_fused_kernel_matches_loop(name):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
 
 
-def test_fused_auto_on_cpu_keeps_torch_default_and_bad_names_fail():
-    opt = build_optimizer(network(), "adamw", fused="auto")
-    assert not opt.defaults.get("fused")
+def test_fused_auto_on_cpu_fuses_adam_only_and_bad_names_fail():
+    """auto fuses AdamW / Adam on plain CPU tensors (faster there) and leaves SGD and Adagrad to
+    torch's default loop."""
+    for name, fused in (("adamw", True), ("adam", True), ("sgd", False), ("adagrad", False)):
+        opt = build_optimizer(network(), name, fused="auto")
+        assert bool(opt.defaults.get("fused")) is fused, name
     with pytest.raises(ConfigError, match="optimizer.fused=true: torch has no fused rmsprop"):
         build_optimizer(network(), "rmsprop", fused=True)
     with pytest.raises(ConfigError, match="optimizer.name='lion' is unknown"):
