@@ -209,11 +209,12 @@ def pretrain(name: str, out: Path, scale: float) -> Path:
     return ckpt
 
 
-def finetune_run(task: str, ckpt: Path | None, out: Path, scale: float, kind: str) -> dict[str, float]:
+def finetune_run(task: str, ckpt: Path | None, out: Path, scale: float, kind: str,
+                 extra: list[str] = ()) -> dict[str, float]:
     from lmpretrain.finetune import finetune
 
     spec, n = TASKS[task], steps(TASKS[task]["steps"], scale)
-    overrides = [f"task={task}", *CPU, *spec["overrides"], f"trainer.max_steps={n}",
+    overrides = [f"task={task}", *CPU, *spec["overrides"], *extra, f"trainer.max_steps={n}",
                  f"trainer.val_check_interval={max(1, n // 3)}"]
     if ckpt is not None:
         overrides.append(f"pretrained={ckpt}")
@@ -226,9 +227,10 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every pretraining step budget")
     p.add_argument("--finetune-scale", type=float, default=1.0, help="multiplies every fine-tuning step budget")
     p.add_argument("--smoke", action="store_true", help="a few steps each (plumbing check, scale 0.005)")
-    p.add_argument("--encoder-pretrain", default="mlm", choices=["mlm", "mlm_shared"],
-                   help="what the encoder tasks start from: mlm (Debian descriptions) or mlm_shared (the "
-                        "training text of every set, 16k WordPiece); mlm_shared results are kept apart")
+    p.add_argument("--encoder-pretrain", default="mlm", choices=["mlm", "mlm_shared", "mlm_shared_rotary"],
+                   help="what the encoder tasks start from: mlm (Debian descriptions), mlm_shared (the training "
+                        "text of every set, 16k WordPiece) or the same with rotary positions, where the scratch "
+                        "runs get rotary positions too; results other than mlm's are kept apart")
     p.add_argument("--out", type=Path, default=REPO / "logs" / "bench_downstream")
     args = p.parse_args()
     scale = 0.005 if args.smoke else args.scale
@@ -249,6 +251,12 @@ def main() -> None:
         name = pretrain_of(task)
         return f"{task}/pretrained" if name in ("mlm", "span") else f"{task}/pretrained_{name}"
 
+    def rotary_scratch(task: str) -> bool:  # a rotary encoder is compared with a rotary scratch model
+        return TASKS[task]["pretrain"] == "mlm" and args.encoder_pretrain.endswith("rotary")
+
+    def scratch_key(task: str) -> str:
+        return f"{task}/scratch_rotary" if rotary_scratch(task) else f"{task}/scratch"
+
     def record(key: str, fn) -> None:
         if key in results:
             return
@@ -260,7 +268,8 @@ def main() -> None:
 
     for task in tasks:
         record(f"{task}/baseline", lambda: baseline(task))
-        record(f"{task}/scratch", lambda: finetune_run(task, None, args.out, ft_scale, "scratch"))
+        record(scratch_key(task), lambda: finetune_run(task, None, args.out, ft_scale, scratch_key(task).split("/")[1],
+                                                       ["model.position=rotary"] if rotary_scratch(task) else []))
         name = pretrain_of(task)  # pretrained when first needed: the encoder tasks do not wait for T5
         record(f"pretrain/{name}", lambda: {"steps": steps(PRETRAIN[name]["steps"], scale),
                                             "ok": float(pretrain(name, args.out, scale).is_file())})
@@ -274,7 +283,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for task in tasks:
         for metric in TASKS[task]["metrics"]:
-            keys = [f"{task}/baseline", f"{task}/scratch", pretrained_key(task)]
+            keys = [f"{task}/baseline", scratch_key(task), pretrained_key(task)]
             row = [results[k]["metrics"].get(metric, float("nan")) for k in keys]
             ratio = row[2] / row[1] if row[1] else float("inf")
             secs = f"{results[keys[1]]['seconds']:.0f} / {results[keys[2]]['seconds']:.0f}"
