@@ -38,15 +38,15 @@ from lmpretrain.paths import data_root  # noqa: E402
 
 CPU = ["trainer.accelerator=cpu", "logger=csv"]
 
-# The pretraining runs the fine-tuned models start from (steps at --scale 1). "mlm_shared" reads the
-# corpus `shared_corpus` writes (the training text of every set; its path is filled in by `pretrain`).
+# The pretraining runs the fine-tuned models start from (steps at --scale 1). A run with
+# `shared_corpus` reads the corpus `shared_corpus()` writes (the training text of every set; its
+# path is filled in by `pretrain`).
+MLM_SHARED = ["experiment=bert_mlm_tiny", "data.field=text", "tokenizer.vocab_size=16000"]
 PRETRAIN = {
     "mlm": {"overrides": ["experiment=bert_mlm_tiny"], "steps": 2000},
-    "mlm_shared": {"overrides": ["experiment=bert_mlm_tiny", "data.field=text", "tokenizer.vocab_size=16000"],
-                   "steps": 2000},
+    "mlm_shared": {"overrides": MLM_SHARED, "steps": 2000, "shared_corpus": True},
     # the same with rotary positions, for extractive QA (see TASKS)
-    "mlm_shared_rotary": {"overrides": ["experiment=bert_mlm_tiny", "data.field=text", "tokenizer.vocab_size=16000",
-                                        "model.position=rotary"], "steps": 2000},
+    "mlm_shared_rotary": {"overrides": [*MLM_SHARED, "model.position=rotary"], "steps": 2000, "shared_corpus": True},
     "span": {"overrides": ["experiment=t5_span_tiny", "tokenizer.lowercase=false"], "steps": 500},
 }
 
@@ -160,6 +160,7 @@ def shared_corpus(path: Path, min_share: float = 0.02) -> dict[str, int]:
     that share (the tweets would be 0.6% otherwise), so the tokenizer and the model see each domain.
     Returns the characters written per source."""
     from lmpretrain.data.corpus import split_by_hash
+    from lmpretrain.data.readers import read_conll
 
     sources: dict[str, list[str]] = {
         "debian": [r["description"] for r in read_jsonl("debian_packages.train.jsonl.gz")],
@@ -170,16 +171,10 @@ def shared_corpus(path: Path, min_share: float = 0.02) -> dict[str, int]:
                      if split_by_hash(r["prompt"], 0.1, 0.1) == "train"],
         "lee": sorted({t for r in read_jsonl("similarity_lee.jsonl") for t in (r["text_a"], r["text_b"])
                        if split_by_hash(t, 0.25, 0.25) == "train"}),
-        "shakespeare": [p for p in (data_root() / "tinyshakespeare.txt").read_text().split("\n\n") if p.strip()],
+        "shakespeare": [p for p in (data_root() / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n")
+                        if p.strip()],
+        "tweets": [" ".join(s["tokens"]) for _, s in read_conll(data_root() / "ner_wnut.train.conll")],
     }
-    tweets, words = [], []
-    for line in (data_root() / "ner_wnut.train.conll").read_text(encoding="utf-8").splitlines() + [""]:
-        if line.strip():
-            words.append(line.split()[0])
-        elif words:
-            tweets.append(" ".join(words))
-            words = []
-    sources["tweets"] = tweets
     chars = {k: sum(map(len, v)) for k, v in sources.items()}
     total = sum(chars.values())
     written = {}
@@ -200,7 +195,7 @@ def pretrain(name: str, out: Path, scale: float) -> Path:
     if not ckpt.is_file():
         n = steps(spec["steps"], scale)
         extra = []
-        if name.startswith("mlm_shared"):
+        if spec.get("shared_corpus"):
             corpus = out / "shared_text.jsonl"
             print(f"[downstream] shared corpus (chars per source): {shared_corpus(corpus)}", flush=True)
             extra = [f"data.files=[{corpus}]"]
@@ -247,15 +242,15 @@ def main() -> None:
         name = TASKS[task]["pretrain"]
         return args.encoder_pretrain if name == "mlm" else name
 
-    def pretrained_key(task: str) -> str:  # the Debian-MLM runs keep their old key
+    def pretrained_kind(task: str) -> str:  # the Debian-MLM runs keep their old name
         name = pretrain_of(task)
-        return f"{task}/pretrained" if name in ("mlm", "span") else f"{task}/pretrained_{name}"
+        return "pretrained" if name in ("mlm", "span") else f"pretrained_{name}"
 
     def rotary_scratch(task: str) -> bool:  # a rotary encoder is compared with a rotary scratch model
         return TASKS[task]["pretrain"] == "mlm" and args.encoder_pretrain.endswith("rotary")
 
-    def scratch_key(task: str) -> str:
-        return f"{task}/scratch_rotary" if rotary_scratch(task) else f"{task}/scratch"
+    def scratch_kind(task: str) -> str:
+        return "scratch_rotary" if rotary_scratch(task) else "scratch"
 
     def record(key: str, fn) -> None:
         if key in results:
@@ -268,14 +263,14 @@ def main() -> None:
 
     for task in tasks:
         record(f"{task}/baseline", lambda: baseline(task))
-        record(scratch_key(task), lambda: finetune_run(task, None, args.out, ft_scale, scratch_key(task).split("/")[1],
-                                                       ["model.position=rotary"] if rotary_scratch(task) else []))
+        record(f"{task}/{scratch_kind(task)}", lambda: finetune_run(
+            task, None, args.out, ft_scale, scratch_kind(task), ["model.position=rotary"] if rotary_scratch(task) else []))
         name = pretrain_of(task)  # pretrained when first needed: the encoder tasks do not wait for T5
         record(f"pretrain/{name}", lambda: {"steps": steps(PRETRAIN[name]["steps"], scale),
                                             "ok": float(pretrain(name, args.out, scale).is_file())})
         ckpt = pretrain(name, args.out, scale)
-        record(pretrained_key(task), lambda: finetune_run(task, ckpt, args.out, ft_scale,
-                                                          pretrained_key(task).split("/")[1]))
+        record(f"{task}/{pretrained_kind(task)}", lambda: finetune_run(task, ckpt, args.out, ft_scale,
+                                                                       pretrained_kind(task)))
 
     print(f"\nfine-tuning steps per task (scale {ft_scale}): "
           + ", ".join(f"{t} {steps(TASKS[t]['steps'], ft_scale)}" for t in tasks))
@@ -283,7 +278,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for task in tasks:
         for metric in TASKS[task]["metrics"]:
-            keys = [f"{task}/baseline", scratch_key(task), pretrained_key(task)]
+            keys = [f"{task}/{kind}" for kind in ("baseline", scratch_kind(task), pretrained_kind(task))]
             row = [results[k]["metrics"].get(metric, float("nan")) for k in keys]
             ratio = row[2] / row[1] if row[1] else float("inf")
             secs = f"{results[keys[1]]['seconds']:.0f} / {results[keys[2]]['seconds']:.0f}"
