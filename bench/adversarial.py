@@ -33,11 +33,10 @@ from lmpretrain.paths import data_root
 METHODS = ("none", "fgm", "pgd", "freelb")
 ATTACKS = (("char", 0.05), ("char", 0.15), ("word", 0.1), ("word", 0.3))
 # bert_tiny from scratch on 64-token e-mail heads (subject + first lines), 16 a batch: small enough
-# that the four runs fit the 2-core CPU this was measured on. The spam files are sorted by label, so
-# the shuffle buffer holds the whole training split (4,738): with the default 2,048 the first ~100
-# steps are all ham, every model collapses to always-ham, and whether it escapes is luck.
+# that the four runs fit the 2-core CPU this was measured on. (The spam files are sorted by label;
+# training draws a permutation of the whole split, so early batches are not all ham.)
 COMMON = ["task=spam", "trainer.accelerator=cpu", "logger=csv", "model.block_size=64", "data.batch_size=16",
-          "data.shuffle_buffer=5000", "optimizer.lr=1e-3", "evaluate_test=false"]
+          "optimizer.lr=1e-3", "evaluate_test=false"]
 
 
 def compose(overrides: list[str], out: Path):

@@ -211,8 +211,8 @@ def test_config_group_reaches_the_task_and_bad_values_stop_the_build(tmp_path):
 
 
 # -- Lightning: accumulation and DDP -------------------------------------------------------------
-# Nothing random (dropout 0), file order (shuffle_buffer=1), SGD (the update is linear in the gradient).
-EXACT = ["task=spam", "debug=fast", "trainer.accelerator=cpu", "data.shuffle_buffer=1", "model.dropout=0.0",
+# Nothing random (dropout 0), file order (data.shuffle=false), SGD (the update is linear in the gradient).
+EXACT = ["task=spam", "debug=fast", "trainer.accelerator=cpu", "data.shuffle=false", "model.dropout=0.0",
          "task.classifier_dropout=0.0", "optimizer=sgd", "optimizer.lr=0.05", "scheduler.warmup_steps=0",
          "model.block_size=64", "tokenizer.vocab_size=2000", "evaluate_test=false", "trainer.max_steps=3",
          "trainer.limit_val_batches=1", "trainer.val_check_interval=3", "callbacks.model_checkpoint=null"]

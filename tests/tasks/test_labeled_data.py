@@ -1,5 +1,6 @@
 """LabeledDataModule: CoNLL/jsonl records, label alignment, rank x worker coverage, exact resume."""
 
+import gzip
 import itertools
 from pathlib import Path
 
@@ -10,8 +11,8 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 from conftest import DATA
-from lmpretrain.data.labeled import LabeledDataModule
-from lmpretrain.data.readers import read_records
+from lmpretrain.data.labeled import LabeledDataModule, RecordIndex, plain_copy
+from lmpretrain.data.readers import read_numbered_records, read_records
 from lmpretrain.errors import ConfigError, DataError
 
 WORDPIECE = {"kind": "wordpiece", "vocab_size": 2000, "special_tokens": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
@@ -97,7 +98,7 @@ def test_validation_is_covered_once_by_ranks_and_workers():
 
 def test_training_stream_resumes_exactly_and_reshuffles_per_epoch():
     dm = LabeledDataModule("classification", SPAM, tokenizer=WORDPIECE, labels=["ham", "spam"], batch_size=64,
-                           shuffle_buffer=256, block_size=64)
+                           block_size=64)
     dm.prepare_data()
     straight = batches(dm, "train", n=80, workers=2)  # 80 x 64 > 4,738: crosses into epoch 2
     resumed = batches(dm, "train", n=30, workers=2, start=50)
@@ -207,15 +208,55 @@ def test_tokenizer_cache_key_follows_the_training_text(tmp_path):
     assert vocab(text_field="response", val_fraction=0.1, test_fraction=0.1) != base
 
 
-def test_spam_preset_mixes_labels_from_the_first_batch():
-    """spam.train lists all ham before all spam: the preset's shuffle buffer covers the whole split, so
-    the first 20 batches hold spam near its base rate (0.30), not the ham-only start a 2,048 buffer gave."""
-    from omegaconf import OmegaConf
-
-    preset = OmegaConf.load(Path(__file__).parents[2] / "conf" / "task" / "spam.yaml")
-    for buffer, low, high in [(preset.data.shuffle_buffer, 0.2, 0.4), (2048, 0.0, 0.05)]:
+def test_spam_training_mixes_labels_from_the_first_batch():
+    """spam.train lists all 3,295 ham before all 1,443 spam: the training permutation puts spam in the
+    first 20 batches near its base rate (0.30; 320 draws, so 0.2-0.4 is 4 standard deviations), where
+    file order (data.shuffle=false) gives none."""
+    for shuffle, low, high in [(True, 0.2, 0.4), (False, 0.0, 0.0)]:
         dm = LabeledDataModule("classification", SPAM, tokenizer=WORDPIECE, labels=["ham", "spam"], batch_size=16,
-                               shuffle_buffer=buffer, block_size=64)
+                               shuffle=shuffle, block_size=64)
         dm.prepare_data()
         first = torch.cat([b["labels"] for b in batches(dm, "train", n=20)]).float()
-        assert low <= first.mean() <= high, (buffer, float(first.mean()))
+        assert low <= first.mean() <= high, (shuffle, float(first.mean()))
+
+
+def test_record_index_permutes_the_whole_sorted_split(tmp_path):
+    """debian_packages.train is sorted by package name, and the section follows the name (python3-*,
+    rust-*): a 4,096-record buffer shuffle fed 0.6% `python` to the first 16,000 examples where the
+    split has 7.5%. The permutation's first 2,000 records hold python near 7.5% (standard deviation
+    0.6 points), and an epoch is every record once."""
+    path = DATA / "debian_packages.train.jsonl.gz"
+    index = RecordIndex(path, plain_copy(path, tmp_path), read_numbered_records(path))
+    assert len(index) == 54186  # the data kit's README
+    epoch = list(index.permuted("0:0"))
+    python = sum(r["section"] == "python" for r in epoch[:2000]) / 2000
+    assert 0.05 <= python <= 0.10, python
+    assert sorted(r["package"] for r in epoch) == sorted(r["package"] for r in read_records(path))
+    assert [r["package"] for r in itertools.islice(index.permuted("0:0"), 50)] == [r["package"] for r in epoch[:50]]
+    assert [r["package"] for r in itertools.islice(index.permuted("0:1"), 50)] != [r["package"] for r in epoch[:50]]
+    assert plain_copy(path, tmp_path).read_bytes() == gzip.open(path).read()  # the cached copy, reused
+    assert len(list((tmp_path / "plain").iterdir())) == 1
+
+
+def test_record_index_reads_conll_sentences_and_split_records(tmp_path):
+    path = DATA / "ner_wnut.train.conll"
+    index = RecordIndex(path, plain_copy(path, tmp_path), read_numbered_records(path))
+    assert plain_copy(path, tmp_path) == path and not (tmp_path / "plain").exists()  # no copy of a plain file
+    key = lambda s: (tuple(s["tokens"]), tuple(s["tags"]))  # noqa: E731
+    assert sorted(map(key, index.permuted("7:0"))) == sorted(map(key, read_records(path)))
+    # a one-file data set: the index holds only the split's records, with their line numbers
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(f'{{"text": "t{i}", "label": "{i % 2}"}}\n' + ("\n" if i % 3 == 0 else "") for i in range(60)))
+    dm = LabeledDataModule("classification", {"train": "rows.jsonl", "val": "rows.jsonl"}, data_dir=str(tmp_path),
+                           cache_dir=str(tmp_path / "c"), split_by="text", val_fraction=0.2, test_fraction=0.0,
+                           tokenizer=WORDPIECE)
+    dm.prepare_data()
+    train = [r["text"] for r in dm.split_records("train")]
+    assert 30 < len(train) < 60 and sorted(r["text"] for r in dm.permuted_records("train", "0:0")) == sorted(train)
+
+
+def test_record_index_reports_a_bad_line_with_file_and_line(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "a"}\n{"text": \n')
+    with pytest.raises(DataError, match=r"rows.jsonl:2: invalid JSON"):
+        RecordIndex(rows, rows, read_numbered_records(rows))

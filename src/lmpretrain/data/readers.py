@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NamedTuple
 
+import numpy as np
+
 from lmpretrain.errors import ConfigError, DataError
 
 UNITS = ("file", "paragraph", "line")
@@ -85,18 +87,23 @@ def read_lines(path: Path, keys: Keys = DATA, on_bad: OnBad | None = None, start
                     continue
                 if stop is not None and begin >= stop:
                     return
-                if b"\x00" in raw:
-                    _bad(f"{path}:{lineno}", f"binary data (NUL byte), not UTF-8 text; {keys.fix()}", on_bad)
-                    continue
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    _bad(f"{path}:{lineno}", f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                         f"{keys.fix('convert it with `iconv -t utf-8`')}", on_bad)
-                    continue
-                yield lineno, text
+                if (text := _decode(raw, f"{path}:{lineno}", keys, on_bad)) is not None:
+                    yield lineno, text
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot be read ({e}); check that it is a complete text or .gz file") from e
+
+
+def _decode(raw: bytes, origin: str, keys: Keys, on_bad: OnBad | None) -> str | None:
+    """One line as text, or None (after `_bad`) for binary data or invalid UTF-8."""
+    if b"\x00" in raw:
+        _bad(origin, f"binary data (NUL byte), not UTF-8 text; {keys.fix()}", on_bad)
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        _bad(origin, f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+             f"{keys.fix('convert it with `iconv -t utf-8`')}", on_bad)
+        return None
 
 
 def read_units(path: Path, unit: str, keys: Keys = DATA, on_bad: OnBad | None = None) -> Iterator[tuple[int, str]]:
@@ -127,14 +134,17 @@ def read_jsonl(path: Path, keys: Keys = DATA, on_bad: OnBad | None = None, start
                stop: int | None = None) -> Iterator[tuple[int, object]]:
     """(line number, parsed value) of each non-blank line of a jsonl file (see `read_lines`)."""
     for lineno, line in read_lines(path, keys, on_bad, start, stop):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            _bad(f"{path}:{lineno}", f"invalid JSON ({e.msg} at column {e.colno}); {keys.fix('fix the line')}", on_bad)
-            continue
-        yield lineno, record
+        if line.strip() and (parsed := _json(line, f"{path}:{lineno}", keys, on_bad)) is not None:
+            yield lineno, parsed[0]
+
+
+def _json(line: str, origin: str, keys: Keys, on_bad: OnBad | None) -> tuple[object] | None:
+    """(value,) of one jsonl line, or None (after `_bad`) for invalid JSON."""
+    try:
+        return (json.loads(line),)
+    except json.JSONDecodeError as e:
+        _bad(origin, f"invalid JSON ({e.msg} at column {e.colno}); {keys.fix('fix the line')}", on_bad)
+        return None
 
 
 def _field_problem(record, field: str, keys: Keys) -> str | None:
@@ -166,10 +176,14 @@ def read_fields(path: Path, fields: Sequence[str], keys: Keys = DATA, on_bad: On
 
 def read_conll(path: Path, keys: Keys = DATA) -> Iterator[tuple[int, dict]]:
     """(first line number, sentence) of a CoNLL file, a sentence as {"tokens": [...], "tags": [...]}."""
+    return _conll_sentences(path, read_lines(path, keys))
+
+
+def _conll_sentences(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, dict]]:
     tokens: list[str] = []
     tags: list[str] = []
     first = 1
-    for lineno, line in read_lines(path, keys):
+    for lineno, line in lines:
         line = line.rstrip("\r\n")
         if not line.strip():
             if tokens:
@@ -212,3 +226,39 @@ def read_hf(path: str, split: str, kwargs: dict, setting: str) -> Iterator[tuple
                         "give a local data set folder or files via hf_kwargs.data_files") from e
     for i, record in enumerate(stream):
         yield f"{path}[{split}]:{i + 1}", record
+
+
+# -- random access, for a full shuffle of a split that is never held in memory ----------------------
+
+def line_offsets(path: Path) -> np.ndarray:
+    """The byte offset at which each line of an uncompressed file begins (index = line number - 1),
+    found in 16 MiB chunks: 8 bytes per line in memory, not the file."""
+    starts = [np.zeros(1, dtype=np.int64)]
+    offset = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            starts.append(np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10).astype(np.int64) + offset + 1)
+            offset += len(chunk)
+    out = np.concatenate(starts)
+    return out[out < offset] if offset else out[:0]  # no line begins at the end of the file
+
+
+def read_records_at(path: Path, spots, keys: Keys = DATA) -> Iterator[tuple[int, object]]:
+    """(line number, record) of the jsonl or CoNLL records that begin at `spots` ((byte offset, line
+    number) pairs) of an uncompressed file, in the order given, with the checks of the sequential
+    readers (`read_jsonl`, `read_conll`)."""
+    conll = is_conll(path)
+    with open(path, "rb") as f:
+        for offset, lineno in spots:
+            f.seek(int(offset))
+            if not conll:
+                text = _decode(f.readline(), f"{path}:{lineno}", keys, None)
+                yield int(lineno), _json(text, f"{path}:{lineno}", keys, None)[0]
+                continue
+
+            def sentence_lines(n=int(lineno)):
+                while (raw := f.readline()) and raw.strip():
+                    yield n, _decode(raw, f"{path}:{n}", keys, None)
+                    n += 1
+
+            yield next(_conll_sentences(path, sentence_lines()))
