@@ -21,6 +21,15 @@ Writes <out>/results.json and prints one Markdown table.
 
     python bench/distill.py --reuse                # score the students already under <out> again
 
+--family mlm: BERT students instead, distilled from bench/downstream.py's shared-text MLM teacher
+(BERT-Tiny 2 x 128 with rotary positions, 2,000 steps; trained first when its checkpoint is missing):
+the student (2 x 64, rotary) pretrained `--steps` MLM steps on the same shared corpus with and without
+the teacher, then each fine-tuned on debian_section and ner_wnut exactly as bench/downstream.py does
+(same steps, lr, seed); scores: the student's own validation (masked-token accuracy, loss) and the
+test splits.
+
+    python bench/distill.py --family mlm --steps 1000   # the README's MLM table (~20 min on 2 cores)
+
 --reuse takes the baseline and distilled last.ckpt from a previous run under <out> when they are there
 (their training times from <out>/results.json) instead of training them.
 """
@@ -105,6 +114,46 @@ def task_scores(ckpt: Path, task: str, overrides: list[str], out: Path) -> dict[
     return {f"{task}/{k}": float(v) for k, v in scores.items() if k.startswith("test/")}
 
 
+MLM_STUDENT = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2"]
+MLM_TASKS = ("debian_section", "ner_wnut")
+
+
+def mlm_main(args) -> None:
+    """--family mlm (see the module docstring)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import downstream
+
+    from lmpretrain.train import train
+
+    shared = args.out if args.smoke else REPO / "logs" / "bench_downstream"  # where the teacher is (made)
+    shared.mkdir(parents=True, exist_ok=True)
+    teacher = downstream.pretrain("mlm_shared_rotary", shared, 0.005 if args.smoke else 1.0)
+    corpus = shared / "shared_text.jsonl"
+    common = [*downstream.MLM_SHARED, "model.position=rotary", f"data.files=[{corpus}]", *downstream.CPU,
+              f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={max(1, args.steps // 4)}"]
+    results = {}
+    for name, extra in (("baseline", []), ("distilled", ["objective=distill", f"objective.teacher={teacher}"])):
+        start = time.perf_counter()
+        metrics = train(compose_config("train", [*common, *MLM_STUDENT, *extra], args.out / name))
+        results[name] = {"train_s": time.perf_counter() - start, "val/loss": metrics["val/loss"],
+                         "val/mlm_acc": metrics["val/mlm_acc"]}
+        ckpt = args.out / name / "checkpoints" / "last.ckpt"
+        for task in MLM_TASKS:
+            scores = downstream.finetune_run(task, ckpt, args.out, 0.005 if args.smoke else 1.0, name)
+            results[name].update({f"{task}/{k}": float(v) for k, v in scores.items() if k.startswith("test/")})
+    meta = {"date": date.today().isoformat(), "student_steps": args.steps, "teacher": str(teacher),
+            "student": " ".join(MLM_STUDENT), "machine": f"{platform.machine()}, torch {torch.__version__}",
+            "distill": "weights hard 0.5 + soft 0.5, T=2"}
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(f"\n{meta}\n\n| student | MLM steps | val masked acc | val loss | debian_section acc / macro F1 | "
+          "ner_wnut entity F1 / token acc | pretrain s |\n|---|---:|---:|---:|---|---|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {args.steps} | {r['val/mlm_acc']:.4f} | {r['val/loss']:.4f} | "
+              f"{r.get('debian_section/test/acc', float('nan')):.3f} / {r.get('debian_section/test/f1', float('nan')):.3f} | "
+              f"{r.get('ner_wnut/test/f1', float('nan')):.3f} / {r.get('ner_wnut/test/token_acc', float('nan')):.3f} | "
+              f"{r['train_s']:.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=400, help="student steps (both students)")
@@ -114,10 +163,16 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="take the students' last.ckpt from a previous run under <out> when there")
     parser.add_argument("--smoke", action="store_true", help="4 steps each: the plumbing only")
+    parser.add_argument("--family", choices=["gpt", "mlm"], default="gpt",
+                        help="gpt: char-level GPT students (the first table); mlm: BERT students (see above)")
     args = parser.parse_args()
+    if args.family == "mlm" and args.out == parser.get_default("out"):
+        args.out = args.out.with_name("bench_distill_mlm")
     if args.smoke:
         args.steps, args.teacher_steps, args.out = 4, 6, args.out / "smoke"
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.family == "mlm":
+        return mlm_main(args)
 
     cfg = compose(COMMON, args.out)
     cache_dir, data_dir = cfg.paths.cache_dir, cfg.paths.data_dir
