@@ -232,6 +232,9 @@ def test_record_index_permutes_the_whole_sorted_split(tmp_path):
     python = sum(r["section"] == "python" for r in epoch[:2000]) / 2000
     assert 0.05 <= python <= 0.10, python
     assert sorted(r["package"] for r in epoch) == sorted(r["package"] for r in read_records(path))
+    for rank in (0, 1):  # two ranks read disjoint halves of the same permutation, interleaved
+        share = [r["package"] for r in itertools.islice(index.permuted("0:0", rank, 2), 500)]
+        assert share == [r["package"] for r in epoch[rank:1000:2]]
     assert [r["package"] for r in itertools.islice(index.permuted("0:0"), 50)] == [r["package"] for r in epoch[:50]]
     assert [r["package"] for r in itertools.islice(index.permuted("0:1"), 50)] != [r["package"] for r in epoch[:50]]
     assert plain_copy(path, tmp_path).read_bytes() == gzip.open(path).read()  # the cached copy, reused

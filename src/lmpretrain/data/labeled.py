@@ -9,8 +9,8 @@ each sentence) and tokenized as they are drawn, so a data set is never held in m
 
 Order and sharding follow `PackedBlocks`: training visits the split in a new seeded permutation each
 epoch (one seed for all ranks; `RecordIndex` keeps 16 bytes per record and reads records at their
-offsets, so the split is still not held in memory) and chains epochs; rank r of R takes records r, r + R, ... of that
-stream; ownership by worker and resume by batch come from the streaming core (`data/streaming.py`),
+offsets, so the split is still not held in memory) and chains epochs; rank r of R takes records
+r, r + R, ... of that order (validation and test: of the file); ownership by worker and resume by batch come from the streaming core (`data/streaming.py`),
 so a resumed run sees exactly the batches an uninterrupted one would have.
 """
 
@@ -73,15 +73,18 @@ class RecordIndex:
         # there); `plain` holds the same bytes uncompressed.
         self.path, self.plain = path, plain
         lines = np.fromiter((n for n, _ in numbered), dtype=np.int64)
-        self.spots = np.stack([line_offsets(plain)[lines - 1], lines], axis=1) if len(lines) else np.zeros((0, 2), np.int64)
+        starts = line_offsets(plain)[lines - 1] if len(lines) else lines
+        self.spots = np.stack([starts, lines], axis=1)  # (byte offset, line number) per record
 
     def __len__(self) -> int:
         return len(self.spots)
 
-    def permuted(self, seed: str) -> Iterator[dict]:
-        """The records in the order of a permutation seeded by `seed`."""
+    def permuted(self, seed: str, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
+        """Records rank, rank + world_size, ... of the permutation seeded by `seed` (only those are
+        read: every rank draws the same permutation and reads its own share)."""
         rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "little"))
-        for _, record in read_records_at(self.plain, self.spots[rng.permutation(len(self.spots))]):
+        order = rng.permutation(len(self.spots))[rank::world_size]
+        for _, record in read_records_at(self.plain, self.spots[order]):
             yield record
 
 
@@ -92,8 +95,9 @@ class LabeledExamples(ShardedStream):
 
     def __init__(self, records, name: str, encode, train: bool, seed: int, permuted=None, augment=None, **stream):
         super().__init__(**stream)
-        # records() -> the split's records in file order; permuted(key) -> the same records in an
-        # order seeded by `key` (training; None = file order every epoch); name: the split's file
+        # records() -> the split's records in file order; permuted(key, rank, world_size) -> a rank's
+        # share of them in an order seeded by `key` (training; None = file order every epoch);
+        # name: the split's file
         self.records, self.permuted, self.name, self.encode, self.train = records, permuted, name, encode, train
         # augment(record, key) -> record, training only; key names this draw of the example, so the
         # same position of the stream gets the same augmented text in a resumed run.
@@ -103,9 +107,10 @@ class LabeledExamples(ShardedStream):
     def _records(self, epoch: int) -> Iterator[dict]:
         """This rank's records of one epoch. Training permutes the whole split with one seed per
         epoch before ranks take their shares, as `PackedBlocks` does: N processes see the batches one
-        process would (every rank walks the whole permutation and keeps its share)."""
-        records = self.permuted(f"{self.seed}:{epoch}") if self.train and self.permuted else self.records()
-        return take_rank(records, self.rank, self.world_size)
+        process would."""
+        if self.train and self.permuted:
+            return self.permuted(f"{self.seed}:{epoch}", self.rank, self.world_size)
+        return take_rank(self.records(), self.rank, self.world_size)
 
     def rank_stream(self) -> Iterator[dict]:
         if not self.train:
@@ -239,12 +244,13 @@ class LabeledDataModule(StreamingDataModule):
     def split_records(self, part: str) -> Iterator[dict]:
         return (record for _, record in self.records(part))
 
-    def permuted_records(self, part: str, key: str) -> Iterator[dict]:
-        """The records of split `part` in a random order seeded by `key` (see `RecordIndex`)."""
+    def permuted_records(self, part: str, key: str, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
+        """A rank's share of the records of split `part` in a random order seeded by `key` (see
+        `RecordIndex`)."""
         if part not in self._indexes:
             path = self.paths[part]
             self._indexes[part] = RecordIndex(path, plain_copy(path, self.cache_dir), self.records(part))
-        return self._indexes[part].permuted(key)
+        return self._indexes[part].permuted(key, rank, world_size)
 
     def records(self, part: str) -> Iterator[tuple[int, dict]]:
         """(line number, record) of split `part`, in file order."""
