@@ -2,7 +2,6 @@
 
 import gzip
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
@@ -226,7 +225,7 @@ def test_record_index_permutes_the_whole_sorted_split(tmp_path):
     split has 7.5%. The permutation's first 2,000 records hold python near 7.5% (standard deviation
     0.6 points), and an epoch is every record once."""
     path = DATA / "debian_packages.train.jsonl.gz"
-    index = RecordIndex(path, plain_copy(path, tmp_path), read_numbered_records(path))
+    index = RecordIndex(plain_copy(path, tmp_path), read_numbered_records(path))
     assert len(index) == 54186  # the data kit's README
     epoch = list(index.permuted("0:0"))
     python = sum(r["section"] == "python" for r in epoch[:2000]) / 2000
@@ -237,15 +236,18 @@ def test_record_index_permutes_the_whole_sorted_split(tmp_path):
         assert share == [r["package"] for r in epoch[rank:1000:2]]
     assert [r["package"] for r in itertools.islice(index.permuted("0:0"), 50)] == [r["package"] for r in epoch[:50]]
     assert [r["package"] for r in itertools.islice(index.permuted("0:1"), 50)] != [r["package"] for r in epoch[:50]]
-    assert plain_copy(path, tmp_path).read_bytes() == gzip.open(path).read()  # the cached copy, reused
+    with gzip.open(path) as f:
+        assert plain_copy(path, tmp_path).read_bytes() == f.read()  # the cached copy, reused
     assert len(list((tmp_path / "plain").iterdir())) == 1
 
 
 def test_record_index_reads_conll_sentences_and_split_records(tmp_path):
     path = DATA / "ner_wnut.train.conll"
-    index = RecordIndex(path, plain_copy(path, tmp_path), read_numbered_records(path))
+    index = RecordIndex(plain_copy(path, tmp_path), read_numbered_records(path))
     assert plain_copy(path, tmp_path) == path and not (tmp_path / "plain").exists()  # no copy of a plain file
-    key = lambda s: (tuple(s["tokens"]), tuple(s["tags"]))  # noqa: E731
+    def key(sentence):
+        return tuple(sentence["tokens"]), tuple(sentence["tags"])
+
     assert sorted(map(key, index.permuted("7:0"))) == sorted(map(key, read_records(path)))
     # a one-file data set: the index holds only the split's records, with their line numbers
     rows = tmp_path / "rows.jsonl"
@@ -262,4 +264,4 @@ def test_record_index_reports_a_bad_line_with_file_and_line(tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"text": "a"}\n{"text": \n')
     with pytest.raises(DataError, match=r"rows.jsonl:2: invalid JSON"):
-        RecordIndex(rows, rows, read_numbered_records(rows))
+        RecordIndex(rows, read_numbered_records(rows))

@@ -10,16 +10,17 @@ each sentence) and tokenized as they are drawn, so a data set is never held in m
 Order and sharding follow `PackedBlocks`: training visits the split in a new seeded permutation each
 epoch (one seed for all ranks; `RecordIndex` keeps 16 bytes per record and reads records at their
 offsets, so the split is still not held in memory) and chains epochs; rank r of R takes records
-r, r + R, ... of that order (validation and test: of the file); ownership by worker and resume by batch come from the streaming core (`data/streaming.py`),
-so a resumed run sees exactly the batches an uninterrupted one would have.
+r, r + R, ... of that order (validation and test: of the file); ownership by worker and resume by
+batch come from the streaming core (`data/streaming.py`), so a resumed run sees exactly the batches
+an uninterrupted one would have.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import itertools
-import os
 import random
 import shutil
 import zlib
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmpretrain.atomic import atomic_write
 from lmpretrain.config import to_dict
 from lmpretrain.data.corpus import resolve_files, split_by_hash
 from lmpretrain.data.readers import line_offsets, open_binary, read_numbered_records, read_records_at
@@ -41,23 +43,24 @@ SPLITS = ("train", "val", "test")
 
 def plain_copy(path: Path, cache_dir: Path) -> Path:
     """`path` itself, or for a .gz file its decompressed copy in the cache (written once per file
-    version: keyed by the resolved path, size and mtime; written under a temporary name and renamed,
-    so ranks and workers writing at once are safe), which training reads at random offsets."""
+    version, keyed by the resolved path, size and mtime; `atomic_write`, so ranks and workers writing
+    at once are safe), which training reads at random offsets."""
     if path.suffix != ".gz":
         return path
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
     out = cache_dir / "plain" / f"{path.name.removesuffix('.gz')}.{key}"
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+
+    def decompress(tmp: Path) -> None:
         try:
             with open_binary(path) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-        except (OSError, EOFError, zlib.error) as e:
-            tmp.unlink(missing_ok=True)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
             raise DataError(f"{path}: cannot be read ({e}); check that it is a complete .gz file") from e
-        os.replace(tmp, out)
+
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, decompress)
     return out
 
 
@@ -68,10 +71,10 @@ class RecordIndex:
     spam, and debian_packages.train is sorted by package name, so a 4,096-record buffer fed 0.6%
     `python` packages (7.5% of the split) and no `rust` ones to the first 16,000 examples."""
 
-    def __init__(self, path: Path, plain: Path, numbered: Iterator[tuple[int, dict]]):
-        # numbered: the split's (line number, record) in file order, read from `path` (checked once
-        # there); `plain` holds the same bytes uncompressed.
-        self.path, self.plain = path, plain
+    def __init__(self, plain: Path, numbered: Iterator[tuple[int, dict]]):
+        # numbered: the split's (line number, record) in file order, read (and checked) from the
+        # split's own file; `plain` holds the same bytes uncompressed.
+        self.plain = plain
         lines = np.fromiter((n for n, _ in numbered), dtype=np.int64)
         starts = line_offsets(plain)[lines - 1] if len(lines) else lines
         self.spots = np.stack([starts, lines], axis=1)  # (byte offset, line number) per record
@@ -249,7 +252,7 @@ class LabeledDataModule(StreamingDataModule):
         `RecordIndex`)."""
         if part not in self._indexes:
             path = self.paths[part]
-            self._indexes[part] = RecordIndex(path, plain_copy(path, self.cache_dir), self.records(part))
+            self._indexes[part] = RecordIndex(plain_copy(path, self.cache_dir), self.records(part))
         return self._indexes[part].permuted(key, rank, world_size)
 
     def records(self, part: str) -> Iterator[tuple[int, dict]]:
