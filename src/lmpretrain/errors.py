@@ -65,7 +65,10 @@ def exit_on_user_error(fn: F) -> F:
             user_error = find_user_error(e)
             if user_error is None:
                 raise
-            print(f"error: {user_error}", file=sys.stderr)
+            # One write of the whole line: print() writes the text and its newline separately, and
+            # with ddp the ranks share stderr, so two ranks' lines ran together on one line.
+            sys.stderr.write(f"error: {user_error}\n")
+            sys.stderr.flush()
             sys.exit(user_error.exit_status)
 
     return wrapper  # type: ignore[return-value]
