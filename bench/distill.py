@@ -24,9 +24,10 @@ Writes <out>/results.json and prints one Markdown table.
 --family mlm: BERT students instead, distilled from bench/downstream.py's shared-text MLM teacher
 (BERT-Tiny 2 x 128 with rotary positions, 2,000 steps; trained first when its checkpoint is missing):
 the student (2 x 64, rotary) pretrained `--steps` MLM steps on the same shared corpus with and without
-the teacher, then each fine-tuned on debian_section and ner_wnut exactly as bench/downstream.py does
-(same steps, lr, seed); scores: the student's own validation (masked-token accuracy, loss) and the
-test splits.
+the teacher, then each scored by the evaluate suite's extrinsic score (`extrinsic_scores`: fine-tuned on
+debian_section and ner_wnut with bench/downstream.py's steps and lr, then tested); `--seed` (default
+1337, the config's) sets the students' and the fine-tunings' seed; scores: the student's own
+validation (masked-token accuracy, loss) and the test splits.
 
     python bench/distill.py --family mlm --steps 1000   # the README's MLM table (~20 min on 2 cores)
 
@@ -130,6 +131,7 @@ def mlm_main(args) -> None:
     teacher = downstream.pretrain("mlm_shared_rotary", shared, 0.005 if args.smoke else 1.0)
     corpus = shared / "shared_text.jsonl"
     common = [*downstream.MLM_SHARED, "model.position=rotary", f"data.files=[{corpus}]", *downstream.CPU,
+              f"seed={args.seed}",
               f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={max(1, args.steps // 4)}"]
     results = {}
     for name, extra in (("baseline", []), ("distilled", ["objective=distill", f"objective.teacher={teacher}"])):
@@ -138,12 +140,15 @@ def mlm_main(args) -> None:
         results[name] = {"train_s": time.perf_counter() - start, "val/loss": metrics["val/loss"],
                          "val/mlm_acc": metrics["val/mlm_acc"]}
         ckpt = args.out / name / "checkpoints" / "last.ckpt"
-        for task in MLM_TASKS:
-            scores = downstream.finetune_run(task, ckpt, args.out, 0.005 if args.smoke else 1.0, name)
-            results[name].update({f"{task}/{k}": float(v) for k, v in scores.items() if k.startswith("test/")})
+        for task in MLM_TASKS:  # the evaluate suite's extrinsic score with bench/downstream.py's task settings
+            spec = downstream.TASKS[task]
+            n = downstream.steps(spec["steps"], 0.005 if args.smoke else 1.0)
+            overrides = [f"task={task}", "trainer.accelerator=cpu", *spec["overrides"], f"seed={args.seed}",
+                         f"trainer.max_steps={n}", f"trainer.val_check_interval={max(1, n // 3)}"]
+            results[name].update(task_scores(ckpt, task, overrides, args.out / f"{task}_{name}"))
     meta = {"date": date.today().isoformat(), "student_steps": args.steps, "teacher": str(teacher),
             "student": " ".join(MLM_STUDENT), "machine": f"{platform.machine()}, torch {torch.__version__}",
-            "distill": "weights hard 0.5 + soft 0.5, T=2"}
+            "distill": "weights hard 0.5 + soft 0.5, T=2", "seed": args.seed}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(f"\n{meta}\n\n| student | MLM steps | val masked acc | val loss | debian_section acc / macro F1 | "
           "ner_wnut entity F1 / token acc | pretrain s |\n|---|---:|---:|---:|---|---|---:|")
@@ -163,6 +168,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="take the students' last.ckpt from a previous run under <out> when there")
     parser.add_argument("--smoke", action="store_true", help="4 steps each: the plumbing only")
+    parser.add_argument("--seed", type=int, default=1337,
+                        help="--family mlm: the students' and fine-tunings' seed (init, masking, data order)")
     parser.add_argument("--family", choices=["gpt", "mlm"], default="gpt",
                         help="gpt: char-level GPT students (the first table); mlm: BERT students (see above)")
     args = parser.parse_args()
