@@ -62,3 +62,63 @@ def test_tensorboard_missing_is_one_line(tmp_path, monkeypatch):
                         lambda name, *a: None if name in ("tensorboard", "tensorboardX") else real(name, *a))
     with pytest.raises(ConfigError, match=r"pip install 'lmpretrain\[tensorboard\]'"):
         build(make_cfg(tmp_path, [*FAST, "logger=tensorboard"]))
+
+
+def test_wandb_starts_in_the_background_and_keeps_what_was_logged_meanwhile(tmp_path, monkeypatch):
+    """wandb.init (held here until `gate` opens) does not block logging: calls made meanwhile reach the
+    run in order once it is up; the run id is known at once (checkpoints store it before the run exists)."""
+    import re
+    import threading
+
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+
+    from lmpretrain.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    gate, real_init = threading.Event(), wandb.init
+    monkeypatch.setattr(wandb, "init", lambda **kw: real_init(**kw) if gate.wait(60) else None)
+    delivered, real_log = [], LightningWandbLogger.log_metrics
+
+    def spy(self, metrics, step=None):
+        delivered.append((step, dict(metrics)))
+        real_log(self, metrics, step)
+
+    monkeypatch.setattr(LightningWandbLogger, "log_metrics", spy)
+    logger = WandbLogger(save_dir=str(tmp_path), project="p", name="n")
+    run_id = logger.version
+    assert re.fullmatch(r"[a-z0-9]{8}", run_id)
+    logger.log_hyperparams({"lr": 0.1})
+    for step in (1, 2, 3):
+        logger.log_metrics({"train/loss": 1 / step}, step)
+    assert logger._experiment is None and delivered == []  # the run is not up: nothing waited for it
+    gate.set()
+    logger.finalize("success")  # the end of fit waits for the run and hands it what was kept
+    logger.log_metrics({"train/loss": 0.1}, 4)  # once up: straight through
+    assert [step for step, _ in delivered] == [1, 2, 3, 4]
+    run = logger.experiment
+    assert run.id == run_id and run.config["lr"] == 0.1 and run.summary["train/loss"] == 0.1
+    run.finish()
+    assert [p.name.rsplit("-", 1)[1] for p in (tmp_path / "wandb").glob("offline-run-*")] == [run_id]
+
+
+def test_a_wandb_start_that_fails_in_the_background_is_raised_at_the_next_log_call(tmp_path, monkeypatch):
+    import threading
+
+    import wandb
+
+    from lmpretrain.loggers import WandbLogger
+
+    gate = threading.Event()
+
+    def init(**kw):
+        gate.wait(60)
+        raise wandb.errors.CommError("could not reach api.wandb.ai")
+
+    monkeypatch.setattr(wandb, "init", init)
+    logger = WandbLogger(save_dir=str(tmp_path), project="p")
+    logger.log_hyperparams({"lr": 0.1})  # returns: the run is still starting
+    gate.set()
+    logger._starting.join()
+    with pytest.raises(wandb.errors.CommError, match="could not reach"):
+        logger.log_metrics({"train/loss": 1.0}, 1)

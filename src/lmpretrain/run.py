@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 from tokenizers import Tokenizer
@@ -36,6 +37,7 @@ from lmpretrain.checkpoints import AtomicCheckpointIO, check_resume_fits, read_c
 from lmpretrain.config import check_model_fits_data, to_dict, wandb_offline_unless_configured
 from lmpretrain.distributed import resolve_trainer_config, resolve_unused_parameters, strategy_name
 from lmpretrain.errors import ConfigError, Preempted, exit_on_user_error, find_user_error
+from lmpretrain.loggers import WandbLogger
 from lmpretrain.module import LMModule, RuntimeOptions
 from lmpretrain.optim import check_optimizer_config
 from lmpretrain.optim.freeze import freeze_parameters
@@ -210,10 +212,13 @@ def fit_run(cfg: DictConfig, run: Run, test: bool = False) -> dict[str, float]:
 def close_wandb_runs(trainer: L.Trainer) -> None:
     """A sweep runs its jobs in one process: close each job's wandb run so the next starts its own."""
     for lg in trainer.loggers:
-        if type(lg).__name__ == "WandbLogger" and lg._experiment is not None:
-            offline = lg.experiment.settings.mode == "offline"
-            sync_dir = lg.experiment.settings.sync_dir
-            lg.experiment.finish()
+        if not isinstance(lg, LightningWandbLogger):
+            continue
+        run = lg.started_run() if isinstance(lg, WandbLogger) else lg._experiment  # ours may be starting
+        if run is not None:
+            offline = run.settings.mode == "offline"
+            sync_dir = run.settings.sync_dir
+            run.finish()
             if offline and trainer.is_global_zero:
                 log.info("wandb ran offline; upload this run with: wandb sync %s", sync_dir)
 
