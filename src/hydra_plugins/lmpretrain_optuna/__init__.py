@@ -7,21 +7,27 @@ from `n_trials` finished ones (complete or failed) are run. TPE conditions on ev
 One sweeper process per study: a second one would see the first one's trials as interrupted.
 
 Lives in the `hydra_plugins` namespace because Hydra only instantiates sweepers from there.
+optuna is imported inside the functions: Hydra imports this module on every run (its plugin scan),
+and `import optuna` took 2-4 s of each `python -m lmpretrain.train` start-up, sweep or not.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-import optuna
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-from optuna.trial import TrialState
+
+if TYPE_CHECKING:
+    import optuna
 
 log = logging.getLogger(__name__)
 
 
 def close_interrupted_trials(study: optuna.Study) -> int:
     """Mark trials left RUNNING by a killed sweep as failed; return how many."""
+    from optuna.trial import TrialState
+
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     for t in stale:
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)  # optuna 2.x: no public setter
@@ -30,12 +36,17 @@ def close_interrupted_trials(study: optuna.Study) -> int:
 
 
 def finished_trials(study: optuna.Study) -> int:
+    from optuna.trial import TrialState
+
     done = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     return sum(t.state in done and not t.user_attrs.get("interrupted") for t in study.get_trials(deepcopy=False))
 
 
 class ResumableOptunaSweeper(OptunaSweeper):
     def sweep(self, arguments: list[str]) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
         impl = self.sweeper
         if impl.storage and impl.study_name:
             try:
