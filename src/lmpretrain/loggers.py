@@ -53,9 +53,6 @@ class WandbLogger(LightningWandbLogger):
         self._starting = threading.Thread(target=start, name="wandb-init", daemon=True)
         self._starting.start()
 
-    def _starting_now(self) -> bool:
-        return self._starting is not None and self._starting.is_alive()
-
     def _ready(self, wait: bool) -> bool:
         """Whether the run is up (waiting for it when `wait`); replays the calls kept meanwhile."""
         if self._starting is not None:
@@ -110,6 +107,5 @@ class WandbLogger(LightningWandbLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        if self._starting is not None or self._pending:
-            self._ready(wait=True)
+        self._ready(wait=True)  # the run up and everything kept for it handed over (nothing to do if so)
         super().finalize(status)
