@@ -62,6 +62,7 @@ class LMModule(L.LightningModule):
         self.tokenizer_json: str | None = None
         self.runtime = RuntimeOptions()
         self._model_configured = False
+        self._clip_params: tuple[list[torch.nn.Parameter], bool] | None = None  # see _parameters_to_clip
 
     def connect(self, tokenizer_json: str | None = None, runtime: RuntimeOptions | None = None) -> None:
         """Hand the module its tokenizer and runtime options (see the class docstring); a subclass
@@ -117,12 +118,24 @@ class LMModule(L.LightningModule):
         logging_step = self._trainer is not None and self.trainer._logger_connector.should_update_logs
         if not gradient_clip_val and not logging_step:
             return
-        sharded = any(type(p).__name__ == "DTensor" for p in self.network.parameters())
+        params, sharded = self._parameters_to_clip()
         clip = clip_grad_norm_ if sharded else torch.nn.utils.clip_grad_norm_
-        norm = clip([p for p in self.network.parameters() if p.grad is not None],
+        norm = clip([p for p in params if p.grad is not None],
                     float(gradient_clip_val) if gradient_clip_val else float("inf"))
         if logging_step:
             self.log("train/grad_norm", norm.detach().float().to(self.device))
+
+    def _parameters_to_clip(self) -> tuple[list[torch.nn.Parameter], bool]:
+        """The network's parameters and whether any is a DTensor, listed once per fit: walking the
+        module tree every step cost ~1 ms of a ~50 ms CPU step. Listed at the first clipping, after
+        `configure_model` sharded the network; `on_train_start` forgets the list of an earlier fit."""
+        if self._clip_params is None:
+            params = list(self.network.parameters())
+            self._clip_params = params, any(type(p).__name__ == "DTensor" for p in params)
+        return self._clip_params
+
+    def on_train_start(self) -> None:
+        self._clip_params = None
 
     def configure_optimizers(self):
         # Every trained weight lives in `self.network` (heads included), which is what DDP/FSDP wrap

@@ -136,6 +136,7 @@ class TokenThroughput(L.Callback):
         self._tokens = self._samples = self._flops = self._batches = 0
         self.tokens_seen = 0  # over the whole run, resumed from the checkpoint: an x axis for dashboards
         self._startup_logged = False
+        self._per_token: dict[int, float | None] = {}  # seq_len -> FLOPs per token (counting parameters each step cost ~1 ms)
 
     def _reset(self) -> None:
         self._start, self._tokens, self._samples, self._flops, self._batches = None, 0, 0, 0, 0
@@ -159,7 +160,10 @@ class TokenThroughput(L.Callback):
         self._tokens += tokens
         self.tokens_seen += tokens
         self._samples += ids.size(0) * trainer.world_size
-        per_token = getattr(pl_module, "flops_per_token", lambda _: None)(ids.size(-1))
+        seq_len = ids.size(-1)
+        if seq_len not in self._per_token:
+            self._per_token[seq_len] = getattr(pl_module, "flops_per_token", lambda _: None)(seq_len)
+        per_token = self._per_token[seq_len]
         self._flops += per_token * tokens if per_token else 0
         self._batches += 1
         if self._batches >= (self.window or trainer.log_every_n_steps):
