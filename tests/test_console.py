@@ -94,3 +94,29 @@ def test_debug_overfit_memorizes_two_batches(tmp_path):
     losses = _metrics(tmp_path, "train/loss")
     assert losses[0] > 3.5
     assert losses[-1] < 0.5, losses[-10:]
+
+
+def test_progress_bar_redraws_at_most_every_interval_and_always_draws_the_last_step(tmp_path, monkeypatch):
+    """Lightning redraws after every batch; ours skips a redraw within `min_redraw_s` of the last
+    one, but the bar still ends on "step N/N" (the last batch is always drawn)."""
+    from lmpretrain.callbacks.console import StepProgressBar
+
+    drawn: list[tuple[int, str]] = []
+    real_draw = StepProgressBar._draw
+
+    def spy(self, trainer, pl_module, batch_idx):
+        real_draw(self, trainer, pl_module, batch_idx)
+        drawn.append((batch_idx, self._get_train_description(trainer.current_epoch).strip()))
+
+    monkeypatch.setattr(StepProgressBar, "_draw", spy)
+    monkeypatch.setattr(StepProgressBar, "min_redraw_s", 3600.0)  # only the first and the last batch
+    train(make_cfg(tmp_path, ["trainer.max_steps=6", "trainer.val_check_interval=1000", "trainer.num_sanity_val_steps=0",
+                              "logger=csv", "model.n_layer=1", "data.batch_size=2"]))
+    assert drawn == [(0, "step 1/6"), (5, "step 6/6")], drawn
+
+    drawn.clear()
+    monkeypatch.setattr(StepProgressBar, "min_redraw_s", 0.0)  # Lightning's behaviour: every batch
+    train(make_cfg(tmp_path / "every", ["trainer.max_steps=6", "trainer.val_check_interval=1000",
+                                        "trainer.num_sanity_val_steps=0", "logger=csv", "model.n_layer=1",
+                                        "data.batch_size=2"]))
+    assert [i for i, _ in drawn] == [0, 1, 2, 3, 4, 5], drawn
