@@ -142,6 +142,7 @@ class TokenThroughput(L.Callback):
         self._start, self._tokens, self._samples, self._flops, self._batches = None, 0, 0, 0, 0
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        self._per_token = {}  # counted for this fit's module, not one an earlier fit of this Trainer ran
         peak = self.peak_flops_per_device or peak_flops(pl_module.device, str(trainer.precision))
         # Rank 0's figure everywhere: a CPU peak measured while other ranks compete would differ per rank.
         self._peak = trainer.strategy.broadcast(peak, src=0)
