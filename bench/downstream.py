@@ -3,6 +3,7 @@
     python bench/downstream.py                       # the README table (~1 h on 2 cores)
     python bench/downstream.py --tasks spam,qa_wordnet --finetune-scale 2   # longer fine-tuning
     python bench/downstream.py --smoke               # a few steps each: checks the plumbing only
+    python bench/downstream.py --truncation-study    # TF-IDF on whole vs cut texts (data.truncation)
 
 For each downstream task, on its test split and on the same machine:
   (a) the classic baseline a user reaches for first: TF-IDF (1-2 grams) + LinearSVC for the
@@ -82,24 +83,45 @@ def read_jsonl(name: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def tfidf_svc(train: str, test: str, text: str, label: str) -> dict[str, float]:
+def tfidf_svc(train: str, test: str, text: str, label: str, cut=None) -> dict[str, float]:
+    """TF-IDF (1-2 grams) + LinearSVC; `cut` (text -> text) shortens every text first."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.svm import LinearSVC
 
+    cut = cut or (lambda t: t)
     tr, te = read_jsonl(train), read_jsonl(test)
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
-    x = vec.fit_transform([r[text] for r in tr])
+    x = vec.fit_transform([cut(r[text]) for r in tr])
     clf = LinearSVC().fit(x, [r[label] for r in tr])
-    pred, gold = clf.predict(vec.transform([r[text] for r in te])), [r[label] for r in te]
+    pred, gold = clf.predict(vec.transform([cut(r[text]) for r in te])), [r[label] for r in te]
     return {"test/acc": accuracy_score(gold, pred), "test/f1": f1_score(gold, pred, average="macro")}
 
 
+CLASSIFICATION_FILES = {"spam": ("spam.train.jsonl.gz", "spam.test.jsonl.gz", "text", "label"),
+                        "debian_section": ("debian_packages.train.jsonl.gz", "debian_packages.test.jsonl.gz",
+                                           "description", "section")}
+
+
+def truncation_study(words: tuple[int, ...] = (80, 160)) -> None:
+    """Which part of a long text carries the label? The TF-IDF baseline on whole texts against the same
+    texts cut to `n` words the way `data.truncation` cuts tokens (head, tail, head_tail: a quarter from
+    the start and the rest from the end). A fine-tuned model sees 126 tokens of a text, ~80-100 words."""
+    from lmpretrain.data.labeled import truncate
+
+    print("| task | whole text | " + " | ".join(f"{how} {n} words" for n in words for how in ("head", "tail", "head_tail"))
+          + " |", flush=True)
+    for task, files in CLASSIFICATION_FILES.items():
+        cells = [tfidf_svc(*files)]
+        for n in words:
+            for how in ("head", "tail", "head_tail"):
+                cells.append(tfidf_svc(*files, cut=lambda t, n=n, how=how: " ".join(truncate(t.split(), n, how))))
+        print(f"| {task} | " + " | ".join(f"{c['test/acc']:.3f} / {c['test/f1']:.3f}" for c in cells) + " |", flush=True)
+
+
 def baseline(task: str) -> dict[str, float]:
-    if task == "spam":
-        return tfidf_svc("spam.train.jsonl.gz", "spam.test.jsonl.gz", "text", "label")
-    if task == "debian_section":
-        return tfidf_svc("debian_packages.train.jsonl.gz", "debian_packages.test.jsonl.gz", "description", "section")
+    if task in CLASSIFICATION_FILES:
+        return tfidf_svc(*CLASSIFICATION_FILES[task])
     if task == "ner_wnut":  # every word tagged O: token accuracy = the share of O tags, no entity found
         tags = [line.split()[-1] for line in (data_root() / "ner_wnut.test.conll").read_text().splitlines()
                 if line.strip()]
@@ -227,7 +249,12 @@ def main() -> None:
                         "text of every set, 16k WordPiece) or the same with rotary positions, where the scratch "
                         "runs get rotary positions too; results other than mlm's are kept apart")
     p.add_argument("--out", type=Path, default=REPO / "logs" / "bench_downstream")
+    p.add_argument("--truncation-study", action="store_true",
+                   help="only print the TF-IDF baseline on whole vs cut texts (which part carries the label)")
     args = p.parse_args()
+    if args.truncation_study:
+        truncation_study()
+        return
     scale = 0.005 if args.smoke else args.scale
     ft_scale = 0.005 if args.smoke else args.finetune_scale
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -76,6 +76,37 @@ def test_classification_pairs_truncate_the_longer_segment(tmp_path):
         dm.encode({"a": "x", "b": "y", "y": "maybe"})
 
 
+
+def test_truncation_keeps_the_head_the_tail_or_both():
+    words = "one two three four five six seven eight nine ten".split()
+    tok = word_tokenizer(words)
+    record = {"a": " ".join(words), "b": "ten", "y": "yes"}
+    kept = {}
+    for how in ("head", "tail", "head_tail"):
+        dm = LabeledDataModule("classification", {"train": "x", "val": "x"}, text_field="a", label_field="y",
+                               labels=["no", "yes"], block_size=10, truncation=how)  # 8 words + [CLS] [SEP]
+        dm.connect(tokenizer=tok)
+        dm._special()
+        kept[how] = [tok.id_to_token(i) for i in dm.encode(record)["input_ids"]]
+        assert kept[how][0] == "[CLS]" and kept[how][-1] == "[SEP]" and len(kept[how]) == 10
+    assert kept["head"][1:-1] == words[:8]
+    assert kept["tail"][1:-1] == words[2:]
+    assert kept["head_tail"][1:-1] == words[:2] + words[4:]  # a quarter of 8 from the start, 6 from the end
+    # A pair: the longer segment still gives up tokens first, from its middle with head_tail.
+    dm = LabeledDataModule("classification", {"train": "x", "val": "x"}, text_field="a", text_b_field="b",
+                           label_field="y", labels=["no", "yes"], block_size=9, truncation="head_tail")
+    dm.connect(tokenizer=tok)
+    dm._special()
+    pair = [tok.id_to_token(i) for i in dm.encode(record)["input_ids"]]
+    assert pair == ["[CLS]", "one", "seven", "eight", "nine", "ten", "[SEP]", "ten", "[SEP]"]
+    # Short texts are never cut.
+    assert [tok.id_to_token(i) for i in dm.encode({"a": "one two", "b": "ten", "y": "no"})["input_ids"]] == \
+        ["[CLS]", "one", "two", "[SEP]", "ten", "[SEP]"]
+    with pytest.raises(ConfigError, match="data.truncation='middle' must be one of"):
+        LabeledDataModule("classification", {"train": "x", "val": "x"}, truncation="middle")
+    with pytest.raises(ConfigError, match="applies to classification and similarity only"):
+        LabeledDataModule("token_classification", {"train": "x", "val": "x"}, truncation="tail")
+
 def batches(dm, part, n=None, rank=0, world=1, workers=0, start=0):
     ds = dm.dataset(part)
     ds.rank, ds.world_size, ds.start_batch = rank, world, start

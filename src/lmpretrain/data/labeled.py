@@ -133,6 +133,22 @@ class LabeledExamples(ShardedStream):
         return self.encode(record)
 
 
+TRUNCATIONS = ("head", "tail", "head_tail")
+
+
+def truncate(ids: list[int], keep: int, how: str = "head") -> list[int]:
+    """`keep` of `ids`: the first ones (`head`), the last ones (`tail`), or the first quarter and
+    the rest from the end (`head_tail`)."""
+    if len(ids) <= keep:
+        return ids
+    if keep <= 0:
+        return []
+    if how == "tail":
+        return ids[len(ids) - keep:]
+    head = keep // 4 if how == "head_tail" else keep
+    return ids[:head] + ids[len(ids) - (keep - head):]
+
+
 def pad_collate(pad_id: int):
     """Stack examples padded to the longest in the batch: ids with `pad_id`, labels with -100."""
 
@@ -160,6 +176,12 @@ class LabeledDataModule(StreamingDataModule):
     labels: the label names in index order; null = every label of the training split, sorted
         (one streaming pass).
     block_size: tokens per example, longer ones cut; null = the model's block_size.
+    truncation: which tokens a text longer than `block_size` keeps (classification): `head` (the
+        first ones), `tail` (the last ones) or `head_tail` (the first quarter of the budget and the
+        rest from the end; Sun et al. 2019, "How to Fine-Tune BERT for Text Classification?"). A
+        Debian description or an e-mail often says what it is in its last sentence ("This package
+        contains the Python 3 module"): TF-IDF + LinearSVC on debian_section scores 0.800 on whole
+        descriptions, 0.764 on their first 80 words and 0.801 on 20 first + 60 last (README).
     shuffle: training in a new seeded permutation of the whole split each epoch (`RecordIndex`; a .gz
         split is decompressed once into `cache_dir`); false = file order every epoch.
     augment: EDA options (`data.augment.AugmentConfig`: deletion, swap, insertion, synonyms) applied
@@ -191,6 +213,7 @@ class LabeledDataModule(StreamingDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         shuffle: bool = True,
+        truncation: str = "head",
         seed: int = 0,
         tokenizer: dict | None = None,
         data_dir: str | None = None,
@@ -213,6 +236,12 @@ class LabeledDataModule(StreamingDataModule):
                               f"unknown {unknown}")
         if batch_size < 1 or (block_size is not None and block_size < 4):
             raise ConfigError("data.batch_size must be >= 1 and data.block_size >= 4")
+        if truncation not in TRUNCATIONS:
+            raise ConfigError(f"data.truncation={truncation!r} must be one of {TRUNCATIONS}")
+        if truncation != "head" and family not in ("classification", "similarity"):
+            raise ConfigError(f"data.truncation={truncation} applies to classification and similarity only; "
+                              f"{family} cuts its own way (per-word tags, QA windows, target length): drop it")
+        self.truncation = truncation
         self.family, self.files = family, dict(to_dict(files))
         if split_by is not None and not (0 < val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
             raise ConfigError("data.val_fraction > 0, data.test_fraction >= 0 and their sum < 1 are needed with split_by")
@@ -359,16 +388,18 @@ class LabeledDataModule(StreamingDataModule):
 
     def _wrap(self, ids: list[int], ids_b: list[int] | None = None) -> tuple[list[int], list[int]]:
         """[CLS] a [SEP] (b [SEP]) when the tokenizer has those tokens (BERT), else a (b) as is;
-        cut so the whole fits `block_size` (the longer segment loses tokens first)."""
+        cut so the whole fits `block_size` (the longer segment loses tokens first, which ones: the
+        `truncation` setting)."""
         specials = (self.cls_id is not None) + (self.sep_id is not None) * (2 if ids_b is not None else 1)
         budget = self.block_size - specials
-        ids_b = list(ids_b) if ids_b is not None else None
-        ids = list(ids)
-        while len(ids) + len(ids_b or []) > budget:
-            if ids_b is not None and len(ids_b) > len(ids):
-                ids_b.pop()
+        keep_a, keep_b = len(ids), len(ids_b) if ids_b is not None else 0
+        while keep_a + keep_b > budget:
+            if ids_b is not None and keep_b > keep_a:
+                keep_b -= 1
             else:
-                ids.pop()
+                keep_a -= 1
+        ids = truncate(list(ids), keep_a, self.truncation)
+        ids_b = truncate(list(ids_b), keep_b, self.truncation) if ids_b is not None else None
         out = ([self.cls_id] if self.cls_id is not None else []) + ids + ([self.sep_id] if self.sep_id is not None else [])
         segments = [0] * len(out)
         if ids_b is not None:
