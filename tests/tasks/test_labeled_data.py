@@ -78,7 +78,7 @@ def test_classification_pairs_truncate_the_longer_segment(tmp_path):
 
 
 def test_truncation_keeps_the_head_the_tail_or_both():
-    words = "one two three four five six seven eight nine ten".split()
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
     tok = word_tokenizer(words)
     record = {"a": " ".join(words), "b": "ten", "y": "yes"}
     kept = {}
