@@ -76,7 +76,6 @@ def test_classification_pairs_truncate_the_longer_segment(tmp_path):
         dm.encode({"a": "x", "b": "y", "y": "maybe"})
 
 
-
 def test_truncation_keeps_the_head_the_tail_or_both():
     words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
     tok = word_tokenizer(words)
@@ -106,6 +105,7 @@ def test_truncation_keeps_the_head_the_tail_or_both():
         LabeledDataModule("classification", {"train": "x", "val": "x"}, truncation="middle")
     with pytest.raises(ConfigError, match="applies to classification and similarity only"):
         LabeledDataModule("token_classification", {"train": "x", "val": "x"}, truncation="tail")
+
 
 def batches(dm, part, n=None, rank=0, world=1, workers=0, start=0):
     ds = dm.dataset(part)

@@ -141,8 +141,6 @@ def truncate(ids: list[int], keep: int, how: str = "head") -> list[int]:
     the rest from the end (`head_tail`)."""
     if len(ids) <= keep:
         return ids
-    if keep <= 0:
-        return []
     if how == "tail":
         return ids[len(ids) - keep:]
     head = keep // 4 if how == "head_tail" else keep
@@ -398,8 +396,8 @@ class LabeledDataModule(StreamingDataModule):
                 keep_b -= 1
             else:
                 keep_a -= 1
-        ids = truncate(list(ids), keep_a, self.truncation)
-        ids_b = truncate(list(ids_b), keep_b, self.truncation) if ids_b is not None else None
+        ids = truncate(ids, keep_a, self.truncation)  # slices: the caller's lists stay as they are
+        ids_b = truncate(ids_b, keep_b, self.truncation) if ids_b is not None else None
         out = ([self.cls_id] if self.cls_id is not None else []) + ids + ([self.sep_id] if self.sep_id is not None else [])
         segments = [0] * len(out)
         if ids_b is not None:
