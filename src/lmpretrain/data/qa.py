@@ -13,6 +13,12 @@ lies wholly inside its context part, else both 0 (the [CLS], "not in this window
 the character offsets of its context tokens (the tokenizer's `Encoding.offsets`, which index the
 original text) so a predicted token span maps back to a substring of the original context.
 
+`match_features=true` adds DrQA's exact-match feature (Chen et al. 2017): `match` is 1 for a context
+token whose id also occurs in the question, else 0, and `ExtractiveQAModule` adds a learned
+embedding of it to the token embeddings. A small encoder trained from scratch (or after a CPU-sized
+pretraining) finds the asked-for entry by this flag long before it learns to compare question and
+context tokens in attention (README, "Does pretraining pay off?").
+
 Batching is by record: a batch holds `batch_size` questions and all their windows, so the module
 can pick each question's best span over its windows within one batch.
 """
@@ -61,6 +67,8 @@ class QADataModule(LabeledDataModule):
     max_question_tokens: a longer question is cut to this many tokens.
     doc_stride: tokens between the starts of consecutive windows of a long context (BERT's
         doc_stride; the overlap is budget - doc_stride). Capped at the window's context budget.
+    match_features: add `match` (1 = this context token's id occurs in the question) to every window,
+        and hand `match_features=True` to the task module, which embeds it.
     negative_windows: the fraction of training windows *without* the answer that are kept, with
         target [CLS] (1.0 = all, as BERT; 0.0 = only windows holding the answer). Which ones is a
         seeded function of the record and window, so the choice is the same every epoch and on
@@ -75,7 +83,7 @@ class QADataModule(LabeledDataModule):
     def __init__(self, family: str = "extractive_qa", files: dict | None = None, question_field: str = "question",
                  context_field: str = "context", answers_field: str = "answers", id_field: str = "id",
                  max_question_tokens: int = 64, doc_stride: int = 64, negative_windows: float = 1.0,
-                 text_field=None, text_b_field=None, label_field=None, labels=None, **kwargs):
+                 match_features: bool = False, text_field=None, text_b_field=None, label_field=None, labels=None, **kwargs):
         # text_field / text_b_field carry the context and question fields into the base class, which
         # keys its tokenizer cache on them.
         super().__init__(family, files, text_field=context_field, text_b_field=question_field, **kwargs)
@@ -85,6 +93,10 @@ class QADataModule(LabeledDataModule):
         self.question_field, self.context_field = question_field, context_field
         self.answers_field, self.id_field = answers_field, id_field
         self.max_question_tokens, self.doc_stride, self.negative_windows = max_question_tokens, doc_stride, negative_windows
+        self.match_features = bool(match_features)
+
+    def module_arguments(self) -> dict:
+        return {"match_features": self.match_features}
 
     # -- per-record hooks ------------------------------------------------------------------------
     def text_settings(self) -> tuple:
@@ -133,6 +145,7 @@ class QADataModule(LabeledDataModule):
         stride = min(self.doc_stride, budget)
         gold = char_span_to_tokens(offsets, starts[0], starts[0] + len(texts[0]))
         key = str(record.get(self.id_field, question))
+        asked = set(q_ids)
         windows = []
         for k, s in enumerate(window_starts(len(c_ids), budget, stride)):
             e = min(s + budget, len(c_ids))
@@ -152,6 +165,8 @@ class QADataModule(LabeledDataModule):
                 "id": key, "context": context, "answers": texts,
                 "_keep": inside or _kept(self.seed, f"{key}:{k}", self.negative_windows),
             })
+            if self.match_features:
+                windows[-1]["match"] = [0] * len(head) + [int(t in asked) for t in c_ids[s:e]] + [0] * len(sep)
         if train:
             kept = [w for w in windows if w["_keep"]] or windows[:1]
             windows = kept
@@ -176,7 +191,8 @@ class QADataModule(LabeledDataModule):
 def qa_collate(pad_id: int):
     """Records (each a list of windows) -> one batch of all their windows, padded: tensors
     input_ids, token_type_ids, attention_mask, context_mask (the context tokens a span may use),
-    start_positions, end_positions, example (which record each window belongs to); python lists
+    start_positions, end_positions, example (which record each window belongs to), match (when the
+    windows have it: `match_features`); python lists
     context_start, offsets (per window) and ids, contexts, answers (per record)."""
 
     def collate(records: list[list[dict]]) -> dict:
@@ -185,6 +201,8 @@ def qa_collate(pad_id: int):
         out = {}
         for key, fill in (("input_ids", pad_id), ("token_type_ids", 0), ("attention_mask", 0)):
             out[key] = torch.tensor([w[key] + [fill] * (T - len(w[key])) for w in windows])
+        if "match" in windows[0]:
+            out["match"] = torch.tensor([w["match"] + [0] * (T - len(w["match"])) for w in windows])
         context_mask = torch.zeros(len(windows), T, dtype=torch.bool)
         for i, w in enumerate(windows):
             context_mask[i, w["context_start"]: w["context_start"] + len(w["offsets"])] = True

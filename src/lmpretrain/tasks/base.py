@@ -90,10 +90,12 @@ class FinetuneModule(LMModule):
         n = sum(p.numel() for m in [*blocks, *([head] if head is not None else [])] for p in m.parameters())
         return 6 * n + 12 * len(blocks) * c.n_embd * seq_len
 
+    new_parameters = ("task_head.", "match_emb.")  # added for fine-tuning: no checkpoint has them
+
     def load_pretrained_network(self, state: dict) -> None:
-        """Pretraining weights into the network; only the new task head may be missing."""
+        """Pretraining weights into the network; only the new task parts may be missing."""
         missing, unexpected = self.network.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("task_head.")]
+        missing = [k for k in missing if not k.startswith(self.new_parameters)]
         if missing or unexpected:
             raise ConfigError(f"the pretrained checkpoint does not fit model config (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}); leave model.* unset when pretrained= is given")

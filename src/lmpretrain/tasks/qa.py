@@ -41,21 +41,41 @@ class ExtractiveQAModule(FinetuneModule):
     `val/loss`, `val/exact_match`, `val/f1` (and `test/*`).
 
     max_answer_tokens: the longest span (in tokens) decoding may pick.
+    match_features: set by `QADataModule(match_features=true)`: batches carry `match` (B, T) flags
+        (context token also in the question) and a learned 2-row embedding of them
+        (`network.match_emb`, new even when the rest is pretrained) is added to the token embeddings.
     """
 
     prog_bar_metric = "exact_match"
 
     def __init__(self, model: dict, max_answer_tokens: int = 64, classifier_dropout: float = 0.1,
-                 pooling: str = "auto", optimizer: dict | None = None, scheduler: dict | None = None):
+                 pooling: str = "auto", optimizer: dict | None = None, scheduler: dict | None = None,
+                 match_features: bool = False):
         if max_answer_tokens < 1:
             raise ConfigError(f"task.max_answer_tokens={max_answer_tokens} must be >= 1")
         super().__init__(model, num_outputs=2, pooling=pooling, classifier_dropout=classifier_dropout,
                          optimizer=optimizer, scheduler=scheduler)
         self.max_answer_tokens = max_answer_tokens
+        self.match_features = match_features
+        if match_features:  # inside the network, like task_head, so DDP / FSDP / the optimizer see it
+            self.network.match_emb = torch.nn.Embedding(2, self.network.config.n_embd)
+            torch.nn.init.normal_(self.network.match_emb.weight, std=0.02)
         self.save_hyperparameters()
         self.metrics = torch.nn.ModuleDict({
             split: torch.nn.ModuleDict({"loss": MeanMetric(), "squad": SquadMetrics()}) for split in ("val", "test")
         })
+
+    def features(self, batch: dict) -> torch.Tensor:
+        if not self.match_features:
+            return super().features(batch)
+        # Added where the segment embedding is (before the embedding LayerNorm) by a hook on the token
+        # embedding, so every architecture's own embedding code stays as it is.
+        flags = self.network.match_emb(batch["match"])
+        handle = self.network.tok_emb.register_forward_hook(lambda module, args, out: out + flags)
+        try:
+            return super().features(batch)
+        finally:
+            handle.remove()
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(start, end) logits, each (N, T) in float32, padding at -inf."""
