@@ -137,8 +137,8 @@ PAIRS = [{"prompt": "Are you sentient?", "response": "Sort of."},
 
 def test_memorized_pairs_are_generated_exactly_by_t5_and_gpt():
     tiny = {"block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 128, "dropout": 0.0}
-    # T5 scales its logits by n_embd**-0.5 before the tied head: it needs more steps to be sure.
-    for layout, arch, steps in (("encoder_decoder", "t5", 400), ("decoder", "gpt", 150)):
+    # With GPT's N(0, 0.02) embedding instead of T5's N(0, 1) this took T5 400 steps (not 100).
+    for layout, arch, steps in (("encoder_decoder", "t5", 100), ("decoder", "gpt", 150)):
         dm = dialogue_module(layout)
         for r in PAIRS:  # the tokenizer round-trips the targets, so an exact copy is reachable
             assert dm.tokenizer.decode(dm.tokenizer.encode(r["response"], add_special_tokens=False).ids) == r["response"]

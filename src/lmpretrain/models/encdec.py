@@ -67,6 +67,12 @@ class EncoderDecoder(nn.Module):
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight
         self.apply(init_weights)
+        # T5 (Mesh TensorFlow, HF `T5PreTrainedModel._init_weights`) draws the shared embedding from
+        # N(0, 1): the decoder's output is scaled by n_embd**-0.5 before the tied head, so with GPT's
+        # N(0, 0.02) every initial logit is ~0.02 and the model spends its first thousand steps growing
+        # the embedding (300 steps of translation learned nothing; a 2-pair memorization took 400
+        # steps instead of 50).
+        nn.init.normal_(self.tok_emb.weight, std=1.0)
 
     def _embed(self, ids: torch.Tensor, pos: nn.Embedding | None, positions: torch.Tensor | None = None) -> torch.Tensor:
         return self.drop(embed_tokens(self, ids, pos, positions))
