@@ -11,6 +11,7 @@ from conftest import DATA, make_cfg, require_data
 from lmpretrain.data import QADataModule
 from lmpretrain.data.qa import char_span_to_tokens
 from lmpretrain.data.readers import read_records
+from lmpretrain.errors import ConfigError
 from lmpretrain.finetune import finetune
 from lmpretrain.metrics.squad import SquadMetrics
 from lmpretrain.tasks import ExtractiveQAModule
@@ -198,6 +199,8 @@ def test_match_features_flag_the_context_tokens_of_the_question_and_feed_the_enc
     unflagged, _ = module({**batch, "match": torch.zeros_like(batch["match"])})
     assert not torch.allclose(start, unflagged)
     assert not module.network.tok_emb._forward_hooks  # the hook lives for one forward only
+    with pytest.raises(ConfigError, match="data.match_features=true"):
+        module({k: v for k, v in batch.items() if k != "match"})
     # A pretraining checkpoint has no match embedding: loading it is fine, the new rows stay.
     plain = ExtractiveQAModule(TINY).network.state_dict()
     module.load_pretrained_network({k: v for k, v in plain.items() if not k.startswith("task_head.")})

@@ -70,6 +70,9 @@ class ExtractiveQAModule(FinetuneModule):
             return super().features(batch)
         # Added where the segment embedding is (before the embedding LayerNorm) by a hook on the token
         # embedding, so every architecture's own embedding code stays as it is.
+        if "match" not in batch:
+            raise ConfigError("this QA model reads exact-match flags (task.match_features) but the batch has none; "
+                              "set data.match_features=true")
         flags = self.network.match_emb(batch["match"])
         handle = self.network.tok_emb.register_forward_hook(lambda module, args, out: out + flags)
         try:
