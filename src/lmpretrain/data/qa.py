@@ -145,7 +145,9 @@ class QADataModule(LabeledDataModule):
         stride = min(self.doc_stride, budget)
         gold = char_span_to_tokens(offsets, starts[0], starts[0] + len(texts[0]))
         key = str(record.get(self.id_field, question))
-        asked = set(q_ids)
+        if self.match_features:  # once per record: overlapping windows slice the same flags
+            asked = set(q_ids)
+            flags = [int(t in asked) for t in c_ids]
         windows = []
         for k, s in enumerate(window_starts(len(c_ids), budget, stride)):
             e = min(s + budget, len(c_ids))
@@ -166,7 +168,7 @@ class QADataModule(LabeledDataModule):
                 "_keep": inside or _kept(self.seed, f"{key}:{k}", self.negative_windows),
             })
             if self.match_features:
-                windows[-1]["match"] = [0] * len(head) + [int(t in asked) for t in c_ids[s:e]] + [0] * len(sep)
+                windows[-1]["match"] = [0] * len(head) + flags[s:e] + [0] * len(sep)
         if train:
             kept = [w for w in windows if w["_keep"]] or windows[:1]
             windows = kept

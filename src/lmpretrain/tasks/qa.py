@@ -17,6 +17,7 @@ from torchmetrics import MeanMetric
 
 from lmpretrain.errors import ConfigError
 from lmpretrain.metrics.squad import SquadMetrics
+from lmpretrain.tasks.adversarial import perturbed
 from lmpretrain.tasks.base import FinetuneModule
 
 
@@ -68,17 +69,14 @@ class ExtractiveQAModule(FinetuneModule):
     def features(self, batch: dict) -> torch.Tensor:
         if not self.match_features:
             return super().features(batch)
-        # Added where the segment embedding is (before the embedding LayerNorm) by a hook on the token
-        # embedding, so every architecture's own embedding code stays as it is.
         if "match" not in batch:
             raise ConfigError("this QA model reads exact-match flags (task.match_features) but the batch has none; "
                               "set data.match_features=true")
-        flags = self.network.match_emb(batch["match"])
-        handle = self.network.tok_emb.register_forward_hook(lambda module, args, out: out + flags)
-        try:
+        # Added where the segment embedding is (before the embedding LayerNorm) through the hook the
+        # adversarial methods use, so every architecture's own embedding code stays as it is and only
+        # the input text's lookup gets the flags (not an encoder-decoder's decoder lookup).
+        with perturbed(self.network.tok_emb, self.network.match_emb(batch["match"])):
             return super().features(batch)
-        finally:
-            handle.remove()
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(start, end) logits, each (N, T) in float32, padding at -inf."""
