@@ -298,3 +298,109 @@ def test_bad_arguments():
     model.train()
     generate(model, x, max_new_tokens=1)  # runs in eval mode, then restores the mode
     assert model.training
+
+
+# ---- the pointer-generator copy head ---------------------------------------------------------------
+
+
+def encdec_with_copy(gate_bias=0.0):
+    from lmpretrain.models.encdec import CopyHead
+
+    model = encdec()
+    torch.manual_seed(1)
+    model.copy_head = CopyHead(model.config).eval()
+    with torch.no_grad():
+        model.copy_head.gate.bias.fill_(gate_bias)
+    return model
+
+
+def test_copy_head_outputs_a_distribution_that_only_copies_source_tokens_when_the_gate_is_shut():
+    src, mask = padded_batch()
+    tgt = ids(3, 5, seed=3)
+    logp = encdec_with_copy()(src, tgt, mask)
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(3, 5), atol=1e-5, rtol=0)
+    # p_gen ~ 0: every bit of mass sits on the row's own (unpadded) source tokens
+    p = encdec_with_copy(gate_bias=-30.0)(src, tgt, mask).exp()
+    for r in range(3):
+        allowed = torch.zeros(V, dtype=torch.bool)
+        allowed[src[r][mask[r].bool()]] = True
+        torch.testing.assert_close(p[r][:, allowed].sum(-1), torch.ones(5), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="source_ids"):
+        encdec_with_copy().decode(tgt, encdec_with_copy().features(src, mask), mask)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_copy_head_cached_decoding_gives_the_same_tokens(strategy):
+    model, (x, mask) = encdec_with_copy(), padded_batch()
+    for m in (None, mask):
+        kw = dict(max_new_tokens=10, strategy=strategy, decoder_start_id=3)
+        assert torch.equal(generate(model, x, m, **kw), generate(model, x, m, use_cache=False, **kw))
+
+
+def test_copy_head_learns_to_copy_unseen_source_tokens_that_the_plain_head_cannot():
+    """The target is the source itself, over a 2,000-token vocabulary; train and test sources
+    share no token. A model without a pointer must have learned each test token's output row, which
+    it never saw as a target: chance (1/2000) at best. The copy head attends to the token instead."""
+    vocab, L = 2000, 6
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(vocab - 2, generator=g) + 2
+    train_tokens, test_tokens = perm[:1000], perm[1000:]
+
+    def batch(pool, n):
+        src = pool[torch.randint(len(pool), (n, L), generator=g)]
+        start = torch.ones(n, 1, dtype=torch.long)  # decoder start id 1
+        return src, torch.cat((start, src[:, :-1]), 1), src
+
+    accuracy = {}
+    for copy in (False, True):
+        torch.manual_seed(0)
+        model = EncoderDecoder(EncoderDecoderConfig(vocab_size=vocab, block_size=16, n_layer=1, n_head=2, n_embd=64,
+                                                    dropout=0.0))
+        if copy:
+            from lmpretrain.models.encdec import CopyHead
+
+            model.copy_head = CopyHead(model.config)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for _ in range(100):
+            src, dec, labels = batch(train_tokens, 32)
+            loss = F.cross_entropy(model(src, dec).flatten(0, 1), labels.flatten())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        src, _, labels = batch(test_tokens, 64)
+        out = generate(model, src, max_new_tokens=L, decoder_start_id=1)
+        accuracy[copy] = (out == labels).float().mean().item()
+    assert accuracy[False] < 0.05, accuracy
+    assert accuracy[True] > 0.9, accuracy
+
+
+def test_ban_repeated_ngrams_masks_only_the_tokens_that_would_repeat_an_ngram():
+    from lmpretrain.models.generation import ban_repeated_ngrams
+
+    generated = torch.tensor([[5, 6, 7, 5, 6], [1, 2, 3, 4, 2]])
+    logits = torch.zeros(2, 10)
+    banned = lambda n: [sorted(torch.nonzero(row.isinf()).flatten().tolist()) for row in ban_repeated_ngrams(logits, generated, n)]  # noqa: E731
+    assert banned(3) == [[7], []]  # "5 6" was followed by 7: "5 6 7" may not come twice
+    assert banned(2) == [[7], [3]]  # after 6: 7; after 2: 3
+    assert banned(1) == [[5, 6, 7], [1, 2, 3, 4]]
+    assert banned(0) == [[], []] and banned(7) == [[], []]
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
+@pytest.mark.parametrize("kind", ["gpt", "encdec"])
+def test_no_repeat_ngram_size_leaves_no_repeated_ngram(kind, strategy):
+    model, x, mask, kw = model_and_input(kind, "rotary")
+    with torch.no_grad():  # a model that repeats itself: every token's logits favour tokens 7 and 8
+        model.lm_head.weight[7:9] *= 5
+    top_k = 2 if strategy == "sample" else None  # sampling from 7 and 8 too
+
+    def run(**more):
+        return generate(model, x, mask, max_new_tokens=16, strategy=strategy, top_k=top_k,
+                        generator=torch.Generator().manual_seed(0), **kw, **more)
+
+    plain, n = run(), 2
+    grams = lambda row: [tuple(row[i:i + n]) for i in range(len(row) - n + 1)]  # noqa: E731
+    assert any(len(set(grams(r))) < len(grams(r)) for r in plain.tolist())  # it did repeat
+    for r in run(no_repeat_ngram_size=n).tolist():
+        assert len(set(grams(r))) == len(grams(r)), r
+    assert torch.equal(run(no_repeat_ngram_size=0), plain)

@@ -145,3 +145,26 @@ def test_memorized_pairs_are_generated_exactly_by_t5_and_gpt():
         texts, metrics = memorize(dm, {"arch": arch, **tiny}, PAIRS, steps=steps)
         assert texts == [r["response"] for r in PAIRS], (layout, texts)
         assert metrics["sacrebleu"] == 1.0 and metrics["chrf"] == 1.0, (layout, metrics)
+
+
+def test_copy_source_adds_a_pointer_head_that_a_pretrained_network_may_lack():
+    from lmpretrain.errors import ConfigError
+    from lmpretrain.models import EncoderDecoder
+    from lmpretrain.models.encdec import CopyHead
+
+    dm = dialogue_module("encoder_decoder")
+    model = {"arch": "t5", "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32, "vocab_size": dm.vocab_size}
+    module = Seq2SeqModule(model=model, copy_source=True, **dm.module_arguments())
+    assert isinstance(module.network.copy_head, CopyHead)
+    pretrained = Seq2SeqModule(model=model, **dm.module_arguments()).network.state_dict()  # no copy head
+    assert not any(k.startswith("copy_head.") for k in pretrained)
+    module.load_pretrained_network(pretrained)
+    batch = dm.collate_fn([dm.encode(r) for r in PAIRS])
+    logp = module.network(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(logp.shape[:2]))  # a distribution, not logits
+    loss, n = module.loss(batch)
+    assert math.isfinite(loss.item()) and n == int((batch["labels"] != -100).sum())
+    assert all(len(ids) <= module.max_new_tokens for ids in module.generate_ids(batch))
+    assert EncoderDecoder(module.network.config).copy_head is None  # not part of the model config
+    with pytest.raises(ConfigError, match="copy_source"):
+        Seq2SeqModule(model={**model, "arch": "gpt"}, copy_source=True, layout="decoder")

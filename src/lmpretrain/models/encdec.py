@@ -11,12 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmpretrain.models.blocks import (
     Block,
     KVCache,
     LayerConfig,
+    Rotary,
     add_token_embeddings,
     cache_positions,
     embed_tokens,
@@ -46,6 +48,59 @@ class EncoderDecoderConfig(LayerConfig):
             self.n_decoder_layer = self.n_layer
 
 
+class CopyHead(nn.Module):
+    """Pointer-generator (See et al. 2017): the next token is written from the vocabulary or copied
+    from the source. Attention over the encoder's output (n_head heads, their distributions
+    averaged) gives a copy distribution over source positions; a gate p_gen (from the decoder state
+    and the attended context) mixes the two:
+
+        p(w) = p_gen * softmax(logits)(w) + (1 - p_gen) * attention on the source tokens equal to w
+
+    Why: a small model from scratch learns to copy a source's rare words (package names, terms) far
+    sooner through a pointer than by growing their rows in a softmax over the whole vocabulary.
+    With rotary positions the queries and keys are rotated by the target and source positions, as
+    in the decoder's cross-attention: a rotary encoder's output carries no absolute position, and
+    without them "copy the source in order" was not learned (test accuracy 0.18 after 400 steps of
+    a copy task vs 0.78 with learned positions). The output is log p (normalised), so cross-entropy
+    (log_softmax is the identity on it) and every decoding strategy take it unchanged.
+    """
+
+    def __init__(self, config: EncoderDecoderConfig):
+        super().__init__()
+        c = config
+        self.n_head = c.n_head
+        self.query = nn.Linear(c.n_embd, c.n_embd, bias=False)
+        self.key = nn.Linear(c.n_embd, c.n_embd, bias=False)
+        self.gate = nn.Linear(2 * c.n_embd, 1)
+        self.rotary = Rotary(c.head_dim, c.block_size) if c.position == "rotary" else None
+        for lin in (self.query, self.key, self.gate):
+            nn.init.normal_(lin.weight, std=0.02)
+        nn.init.zeros_(self.gate.bias)  # p_gen = 0.5 at the start
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:2], self.n_head, -1).transpose(1, 2)  # (B, heads, T, hs)
+
+    def forward(self, logits: torch.Tensor, hidden: torch.Tensor, memory: torch.Tensor,
+                memory_mask: torch.Tensor | None, source_ids: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """logits (B, T, V), hidden (B, T, C) decoder states at `positions` (T,) (None = 0..T-1),
+        memory (B, S, C), memory_mask (B, S) 1 = token, source_ids (B, S) -> log p (B, T, V), float32."""
+        hidden, memory = hidden.float(), memory.float()
+        q, k = self._heads(self.query(hidden)), self._heads(self.key(memory))
+        if self.rotary is not None:
+            q, k = self.rotary(q, positions), self.rotary(k)
+        scores = q @ k.transpose(-1, -2) * q.size(-1) ** -0.5  # (B, heads, T, S)
+        if memory_mask is not None:
+            scores = scores.masked_fill(~memory_mask.bool()[:, None, None, :], float("-inf"))
+        attn = scores.softmax(-1).mean(1)  # (B, T, S)
+        p_gen = torch.sigmoid(self.gate(torch.cat((hidden, attn @ memory), -1)))  # (B, T, 1)
+        index = source_ids[:, None, :].expand(-1, hidden.size(1), -1)
+        copied = torch.zeros_like(logits, dtype=torch.float32).scatter_add_(-1, index, attn)
+        p = p_gen * F.softmax(logits.float(), -1) + (1 - p_gen) * copied
+        # The clamp keeps log finite where both parts underflow (its gradient is 0 there, not nan).
+        return p.clamp_min(1e-12).log()
+
+
 class EncoderDecoder(nn.Module):
     def __init__(self, config: EncoderDecoderConfig):
         super().__init__()
@@ -73,6 +128,8 @@ class EncoderDecoder(nn.Module):
         # the embedding (300 steps of translation learned nothing; a 2-pair memorization took 400
         # steps instead of 50).
         nn.init.normal_(self.tok_emb.weight, std=1.0)
+        # `Seq2SeqModule(copy_source=true)` sets a `CopyHead` (new at fine-tuning: no pretraining has it)
+        self.copy_head: CopyHead | None = None
 
     def _embed(self, ids: torch.Tensor, pos: nn.Embedding | None, positions: torch.Tensor | None = None) -> torch.Tensor:
         return self.drop(embed_tokens(self, ids, pos, positions))
@@ -89,12 +146,15 @@ class EncoderDecoder(nn.Module):
         return self.enc_norm(x)
 
     def decode(self, decoder_input_ids: torch.Tensor, memory: torch.Tensor,
-               attention_mask: torch.Tensor | None = None, *, cache: KVCache | None = None) -> torch.Tensor:
+               attention_mask: torch.Tensor | None = None, *, cache: KVCache | None = None,
+               source_ids: torch.Tensor | None = None) -> torch.Tensor:
         """decoder_input_ids (B, T), memory (B, S, C) -> logits (B, T, vocab).
 
         Decoding step by step: `cache` (from `new_cache()`) holds the decoder's keys and values so
         far and each layer's cross-attention keys/values of `memory` (computed on the first call,
         reused after); decoder_input_ids are then only the new tokens, placed after the cached ones.
+        With a `copy_head`, `source_ids` (B, S) (the encoder's input) are needed and the output is
+        log-probabilities of the pointer-generator mixture instead of logits.
         """
         positions = cache_positions(cache, decoder_input_ids.size(1), self.config.block_size,
                                     decoder_input_ids.device)
@@ -102,8 +162,15 @@ class EncoderDecoder(nn.Module):
         for i, blk in enumerate(self.decoder):
             x = blk(x, causal=True, memory=memory, memory_mask=memory_mask,
                     cache=None if cache is None else cache.layers[i], positions=positions)
+        hidden = self.dec_norm(x)
         # T5 rescales before the tied head so logits do not grow with sqrt(n_embd).
-        return self.lm_head(self.dec_norm(x) * self.config.n_embd**-0.5)
+        logits = self.lm_head(hidden * self.config.n_embd**-0.5)
+        if self.copy_head is None:
+            return logits
+        if source_ids is None:
+            raise ValueError("an EncoderDecoder with a copy_head needs source_ids (the encoder's input ids)")
+        return self.copy_head(logits, hidden, memory, attention_mask, source_ids, positions)
 
     def forward(self, input_ids, decoder_input_ids, attention_mask=None) -> torch.Tensor:
-        return self.decode(decoder_input_ids, self.features(input_ids, attention_mask), attention_mask)
+        return self.decode(decoder_input_ids, self.features(input_ids, attention_mask), attention_mask,
+                           source_ids=input_ids)

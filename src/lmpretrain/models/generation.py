@@ -36,6 +36,24 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
+def ban_repeated_ngrams(logits: torch.Tensor, generated: torch.Tensor, n: int) -> torch.Tensor:
+    """logits (N, V) with -inf on every token that would repeat an n-gram already in its row of
+    `generated` (N, t) (the new tokens so far), as `transformers`' no_repeat_ngram_size does.
+    n=0 leaves them as they are."""
+    t = generated.size(1)
+    if n < 1 or t < n - 1:
+        return logits
+    banned = []
+    for row, seq in enumerate(generated.tolist()):
+        prefix = tuple(seq[t - n + 1:]) if n > 1 else ()
+        banned += [(row, seq[i + n - 1]) for i in range(t - n + 1) if tuple(seq[i:i + n - 1]) == prefix]
+    if not banned:
+        return logits
+    rows, cols = zip(*banned)
+    return logits.index_put((torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)),
+                            torch.tensor(float("-inf"), device=logits.device, dtype=logits.dtype))
+
+
 def pick_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """One sampled token per row of logits (N, V) -> (N,). temperature=0 is the argmax."""
@@ -98,36 +116,39 @@ class _EncoderDecoderSteps:
 
     def __init__(self, net: EncoderDecoder, src: torch.Tensor, src_mask: torch.Tensor | None, start_id: int,
                  use_cache: bool):
-        self.net, self.src_mask = net, src_mask
+        self.net, self.src, self.src_mask = net, src, src_mask  # src: a copy head's source ids
         self.memory = net.features(src, src_mask)  # (B, S, C), once
         self.ids = src.new_full((src.size(0), 1), start_id)
         self.cache = net.new_cache() if use_cache else None
 
     def first(self) -> torch.Tensor:
-        return self.net.decode(self.ids, self.memory, self.src_mask, cache=self.cache)[:, -1]
+        return self.net.decode(self.ids, self.memory, self.src_mask, cache=self.cache, source_ids=self.src)[:, -1]
 
     def next(self, tokens: torch.Tensor) -> torch.Tensor:
         self.ids = torch.cat((self.ids, tokens[:, None]), dim=1)
         if self.cache is None:
-            return self.net.decode(self.ids, self.memory, self.src_mask)[:, -1]
-        return self.net.decode(tokens[:, None], self.memory, self.src_mask, cache=self.cache)[:, -1]
+            return self.net.decode(self.ids, self.memory, self.src_mask, source_ids=self.src)[:, -1]
+        return self.net.decode(tokens[:, None], self.memory, self.src_mask, cache=self.cache,
+                               source_ids=self.src)[:, -1]
 
     def select(self, index: torch.Tensor, same_source: bool = False) -> None:
         """Keep (or repeat) rows `index`. `same_source`: each row keeps its source (beams of one
         input trading places), so the memory and cross-attention keys need no copy."""
         self.ids = self.ids.index_select(0, index)
         if not same_source:
-            self.memory = self.memory.index_select(0, index)
+            self.memory, self.src = self.memory.index_select(0, index), self.src.index_select(0, index)
             self.src_mask = None if self.src_mask is None else self.src_mask.index_select(0, index)
         if self.cache is not None:
             self.cache.reorder(index, cross=not same_source)
 
 
 def _sample(steps, logits: torch.Tensor, max_new_tokens: int, eos_id: int | None, pad_id: int,
-            pick) -> torch.Tensor:
+            pick, no_repeat: int = 0) -> torch.Tensor:
     done = torch.zeros(logits.size(0), dtype=torch.bool, device=logits.device)
     out = []
     for t in range(max_new_tokens):
+        if no_repeat and out:
+            logits = ban_repeated_ngrams(logits, torch.stack(out, dim=1), no_repeat)
         tokens = pick(logits)
         if eos_id is None:
             out.append(tokens)
@@ -141,7 +162,7 @@ def _sample(steps, logits: torch.Tensor, max_new_tokens: int, eos_id: int | None
 
 
 def _beam_search(steps, logits: torch.Tensor, max_new_tokens: int, num_beams: int, length_penalty: float,
-                 eos_id: int | None, pad_id: int) -> torch.Tensor:
+                 eos_id: int | None, pad_id: int, no_repeat: int = 0) -> torch.Tensor:
     """Beam search as `transformers` does it (early_stopping=False): a hypothesis ending in EOS is
     scored sum(log p) / length**length_penalty (length: its new tokens, EOS included); only EOS
     candidates ranked within the top num_beams of a step finish; an input is done once it holds
@@ -160,7 +181,10 @@ def _beam_search(steps, logits: torch.Tensor, max_new_tokens: int, num_beams: in
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     n_cand = min(2 * K, K * V)
     for t in range(N):
-        logp = F.log_softmax(logits.float(), dim=-1).view(B, K, V)
+        logp = F.log_softmax(logits.float(), dim=-1)
+        if no_repeat:
+            logp = ban_repeated_ngrams(logp, seqs.reshape(B * K, t), no_repeat)
+        logp = logp.view(B, K, V)
         vals, idx = (scores[..., None] + logp).view(B, K * V).topk(n_cand, dim=1)  # (B, 2K), best first
         beam, tokens = idx // V, idx % V
         cand = torch.cat((seqs.gather(1, beam[..., None].expand(-1, -1, t)), tokens[..., None]), dim=2)
@@ -212,6 +236,7 @@ def generate(
     decoder_start_id: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    no_repeat_ngram_size: int = 0,
 ) -> torch.Tensor:
     """New token ids (B, n) for `input_ids` (B, T), n <= max_new_tokens.
 
@@ -226,6 +251,8 @@ def generate(
     hypothesis scores sum(log p) / length**length_penalty, as in `transformers`).
     A row stops at `eos_id` (kept in the output); its later columns are `pad_id`. Decoding ends
     when every row has stopped or after max_new_tokens, so n is the number of steps run.
+    `no_repeat_ngram_size` n > 0: no n-gram occurs twice among a row's new tokens (the prompt or
+    source is not counted, unlike `transformers`, which also bans a decoder's prompt n-grams).
     `use_cache=False` recomputes every position each step (same tokens, slower; for checking).
     The network is put in eval mode for the call and restored after.
     """
@@ -233,6 +260,8 @@ def generate(
         raise ValueError(f"strategy={strategy!r} must be one of {STRATEGIES}")
     if max_new_tokens < 0 or num_beams < 1 or temperature < 0:
         raise ValueError("max_new_tokens and temperature must be >= 0 and num_beams >= 1")
+    if no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size={no_repeat_ngram_size} must be >= 0 (0 = off)")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k={top_k} must be >= 1 (or None)")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -261,10 +290,11 @@ def generate(
             raise TypeError(f"generate() needs a GPT or an EncoderDecoder, not {type(network).__name__}")
         logits = steps.first()
         if strategy == "beam":
-            return _beam_search(steps, logits, max_new_tokens, num_beams, length_penalty, eos_id, pad_id)
+            return _beam_search(steps, logits, max_new_tokens, num_beams, length_penalty, eos_id, pad_id,
+                                no_repeat_ngram_size)
         if strategy == "greedy":
             temperature = 0.0
         return _sample(steps, logits, max_new_tokens, eos_id, pad_id,
-                       lambda lg: pick_tokens(lg, temperature, top_k, top_p, generator))
+                       lambda lg: pick_tokens(lg, temperature, top_k, top_p, generator), no_repeat_ngram_size)
     finally:
         network.train(was_training)

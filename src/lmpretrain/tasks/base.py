@@ -90,7 +90,7 @@ class FinetuneModule(LMModule):
         n = sum(p.numel() for m in [*blocks, *([head] if head is not None else [])] for p in m.parameters())
         return 6 * n + 12 * len(blocks) * c.n_embd * seq_len
 
-    new_parameters = ("task_head.", "match_emb.")  # added for fine-tuning: no checkpoint has them
+    new_parameters = ("task_head.", "match_emb.", "copy_head.")  # added for fine-tuning: no checkpoint has them
 
     def load_pretrained_network(self, state: dict) -> None:
         """Pretraining weights into the network; only the new task parts may be missing."""

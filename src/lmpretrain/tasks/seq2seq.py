@@ -19,7 +19,7 @@ from torchmetrics import MeanMetric
 
 from lmpretrain.errors import ConfigError
 from lmpretrain.metrics.generation import GenerationMetrics
-from lmpretrain.models.encdec import EncoderDecoder
+from lmpretrain.models.encdec import CopyHead, EncoderDecoder
 from lmpretrain.models.generation import STRATEGIES, generate
 from lmpretrain.models.gpt import GPT
 from lmpretrain.tasks.base import FinetuneModule
@@ -33,20 +33,27 @@ class Seq2SeqModule(FinetuneModule):
 
     layout, eos_id, start_id, pad_id: from the data module (`module_arguments`).
     decoding: greedy | beam | sample; num_beams, length_penalty (beam), temperature, top_p (sample).
+    no_repeat_ngram_size: n > 0 bans any n-gram from occurring twice in an output (0 = off).
     max_new_tokens: the longest generated target (capped at an encoder-decoder's block_size).
     max_eval_batches: validation/test batches that are decoded and scored (null = all).
     metrics: `GenerationMetrics` names (rouge -> rouge1, rouge2, rougeL, rougeLsum).
+    copy_source: give an encoder-decoder a pointer-generator copy head (`models.encdec.CopyHead`,
+        new parameters `network.copy_head.*` even when the rest is pretrained): each target token is
+        written from the vocabulary or copied from the source, as summaries copy names and terms.
     """
 
     def __init__(self, model: dict, layout: str = "encoder_decoder", eos_id: int = 0, start_id: int | None = None,
                  pad_id: int = 0, decoding: str = "greedy", num_beams: int = 4, length_penalty: float = 1.0,
                  temperature: float = 1.0, top_p: float | None = None, max_new_tokens: int = 64,
                  max_eval_batches: int | None = 4, metrics: list[str] | None = None,
-                 optimizer: dict | None = None, scheduler: dict | None = None):
+                 optimizer: dict | None = None, scheduler: dict | None = None, copy_source: bool = False,
+                 no_repeat_ngram_size: int = 0):
         if decoding not in STRATEGIES:
             raise ConfigError(f"task.decoding={decoding!r} must be one of {STRATEGIES}")
         if max_new_tokens < 1 or num_beams < 1 or (max_eval_batches is not None and max_eval_batches < 0):
             raise ConfigError("task.max_new_tokens and task.num_beams must be >= 1, task.max_eval_batches >= 0")
+        if no_repeat_ngram_size < 0:
+            raise ConfigError(f"task.no_repeat_ngram_size={no_repeat_ngram_size} must be >= 0 (0 = off)")
         super().__init__(model, num_outputs=None, optimizer=optimizer, scheduler=scheduler)
         expected = {EncoderDecoder: "encoder_decoder", GPT: "decoder"}.get(type(self.network))
         if expected is None:
@@ -55,10 +62,16 @@ class Seq2SeqModule(FinetuneModule):
         if layout != expected:
             raise ConfigError(f"data.layout={layout!r} does not fit a {type(self.network).__name__}; set "
                               f"data.layout={expected}")
+        if copy_source:
+            if not isinstance(self.network, EncoderDecoder):
+                raise ConfigError("task.copy_source=true needs an encoder-decoder (model=t5_tiny); set "
+                                  "task.copy_source=false for a decoder")
+            self.network.copy_head = CopyHead(self.network.config)
         self.layout, self.eos_id, self.pad_id = layout, eos_id, pad_id
         self.start_id = eos_id if start_id is None else start_id
         self.decoding, self.num_beams, self.length_penalty = decoding, num_beams, length_penalty
         self.temperature, self.top_p = temperature, top_p
+        self.no_repeat_ngram_size = no_repeat_ngram_size
         self.max_new_tokens = max_new_tokens
         if isinstance(self.network, EncoderDecoder):
             self.max_new_tokens = min(max_new_tokens, self.network.config.block_size)
@@ -105,7 +118,8 @@ class Seq2SeqModule(FinetuneModule):
             ids, mask = batch["prompt_ids"], batch["prompt_mask"]
         out = generate(self.network, ids, mask, max_new_tokens=self.max_new_tokens, strategy=self.decoding,
                        num_beams=self.num_beams, length_penalty=self.length_penalty, temperature=self.temperature,
-                       top_p=self.top_p, eos_id=self.eos_id, pad_id=self.pad_id, decoder_start_id=self.start_id)
+                       top_p=self.top_p, eos_id=self.eos_id, pad_id=self.pad_id, decoder_start_id=self.start_id,
+                       no_repeat_ngram_size=self.no_repeat_ngram_size)
         rows = []
         for row in out.tolist():
             rows.append(row[: row.index(self.eos_id)] if self.eos_id in row else row)
