@@ -333,7 +333,7 @@ def test_copy_head_outputs_a_distribution_that_only_copies_source_tokens_when_th
 def test_copy_head_cached_decoding_gives_the_same_tokens(strategy):
     model, (x, mask) = encdec_with_copy(), padded_batch()
     for m in (None, mask):
-        kw = dict(max_new_tokens=10, strategy=strategy, decoder_start_id=3)
+        kw = {"max_new_tokens": 10, "strategy": strategy, "decoder_start_id": 3}
         assert torch.equal(generate(model, x, m, **kw), generate(model, x, m, use_cache=False, **kw))
 
 
@@ -379,7 +379,10 @@ def test_ban_repeated_ngrams_masks_only_the_tokens_that_would_repeat_an_ngram():
 
     generated = torch.tensor([[5, 6, 7, 5, 6], [1, 2, 3, 4, 2]])
     logits = torch.zeros(2, 10)
-    banned = lambda n: [sorted(torch.nonzero(row.isinf()).flatten().tolist()) for row in ban_repeated_ngrams(logits, generated, n)]  # noqa: E731
+
+    def banned(n):
+        return [torch.nonzero(row.isinf()).flatten().tolist() for row in ban_repeated_ngrams(logits, generated, n)]
+
     assert banned(3) == [[7], []]  # "5 6" was followed by 7: "5 6 7" may not come twice
     assert banned(2) == [[7], [3]]  # after 6: 7; after 2: 3
     assert banned(1) == [[5, 6, 7], [1, 2, 3, 4]]
@@ -399,7 +402,10 @@ def test_no_repeat_ngram_size_leaves_no_repeated_ngram(kind, strategy):
                         generator=torch.Generator().manual_seed(0), **kw, **more)
 
     plain, n = run(), 2
-    grams = lambda row: [tuple(row[i:i + n]) for i in range(len(row) - n + 1)]  # noqa: E731
+
+    def grams(row):
+        return [tuple(row[i:i + n]) for i in range(len(row) - n + 1)]
+
     assert any(len(set(grams(r))) < len(grams(r)) for r in plain.tolist())  # it did repeat
     for r in run(no_repeat_ngram_size=n).tolist():
         assert len(set(grams(r))) == len(grams(r)), r
