@@ -61,7 +61,7 @@ class CopyHead(nn.Module):
     With rotary positions the queries and keys are rotated by the target and source positions, as
     in the decoder's cross-attention: a rotary encoder's output carries no absolute position, and
     without them "copy the source in order" was not learned (test accuracy 0.18 after 400 steps of
-    a copy task vs 0.78 with learned positions). The output is log p (normalised), so cross-entropy
+    a copy task vs 0.78 with learned positions; with them 1.0 after 100). The output is log p (normalised), so cross-entropy
     (log_softmax is the identity on it) and every decoding strategy take it unchanged.
     """
 
