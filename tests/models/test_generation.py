@@ -329,6 +329,17 @@ def test_copy_head_outputs_a_distribution_that_only_copies_source_tokens_when_th
         encdec_with_copy().decode(tgt, encdec_with_copy().features(src, mask), mask)
 
 
+def test_copy_head_cached_log_probs_match_uncached():
+    model, (src, mask) = encdec_with_copy(), padded_batch()
+    tgt = ids(3, 9, seed=3)
+    memory = model.features(src, mask)
+    full = model.decode(tgt, memory, mask, source_ids=src)
+    cache = model.new_cache()
+    steps = [model.decode(tgt[:, t : t + 1], memory, mask, cache=cache, source_ids=src) for t in range(9)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
+    assert cache.memory.k.shape == (3, 2, 6, 16)  # the head's memory keys, computed on the first step only
+
+
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
 def test_copy_head_cached_decoding_gives_the_same_tokens(strategy):
     model, (x, mask) = encdec_with_copy(), padded_batch()

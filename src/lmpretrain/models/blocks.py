@@ -198,6 +198,8 @@ class KVCache:
 
     def __init__(self, n_layer: int, cross: bool = False) -> None:
         self.layers = [LayerCache(cross) for _ in range(n_layer)]
+        # the keys of a head after the stack that reads the encoder output (an encoder-decoder's copy head)
+        self.memory = AttentionCache() if cross else None
 
     @property
     def length(self) -> int:
@@ -210,6 +212,8 @@ class KVCache:
             layer.attn.reorder(index)
             if cross and layer.cross is not None:
                 layer.cross.reorder(index)
+        if cross and self.memory is not None:
+            self.memory.reorder(index)
 
 
 class Attention(nn.Module):

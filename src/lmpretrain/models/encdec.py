@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmpretrain.models.blocks import (
+    AttentionCache,
     Block,
     KVCache,
     LayerConfig,
@@ -82,13 +83,22 @@ class CopyHead(nn.Module):
 
     def forward(self, logits: torch.Tensor, hidden: torch.Tensor, memory: torch.Tensor,
                 memory_mask: torch.Tensor | None, source_ids: torch.Tensor,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, cache: AttentionCache | None = None) -> torch.Tensor:
         """logits (B, T, V), hidden (B, T, C) decoder states at `positions` (T,) (None = 0..T-1),
-        memory (B, S, C), memory_mask (B, S) 1 = token, source_ids (B, S) -> log p (B, T, V), float32."""
+        memory (B, S, C), memory_mask (B, S) 1 = token, source_ids (B, S) -> log p (B, T, V), float32.
+        Decoding step by step, `cache` keeps the memory's keys from the first call (as the
+        cross-attention's): they are most of this head's work on one new token."""
         hidden, memory = hidden.float(), memory.float()
-        q, k = self._heads(self.query(hidden)), self._heads(self.key(memory))
+        q = self._heads(self.query(hidden))
+        if cache is not None and cache.k is not None:
+            k = cache.k
+        else:
+            k = self._heads(self.key(memory))
+            k = k if self.rotary is None else self.rotary(k)
+            if cache is not None:
+                cache.append(k, memory)
         if self.rotary is not None:
-            q, k = self.rotary(q, positions), self.rotary(k)
+            q = self.rotary(q, positions)
         scores = q @ k.transpose(-1, -2) * q.size(-1) ** -0.5  # (B, heads, T, S)
         if memory_mask is not None:
             scores = scores.masked_fill(~memory_mask.bool()[:, None, None, :], float("-inf"))
@@ -169,7 +179,8 @@ class EncoderDecoder(nn.Module):
             return logits
         if source_ids is None:
             raise ValueError("an EncoderDecoder with a copy_head needs source_ids (the encoder's input ids)")
-        return self.copy_head(logits, hidden, memory, attention_mask, source_ids, positions)
+        return self.copy_head(logits, hidden, memory, attention_mask, source_ids, positions,
+                              None if cache is None else cache.memory)
 
     def forward(self, input_ids, decoder_input_ids, attention_mask=None) -> torch.Tensor:
         return self.decode(decoder_input_ids, self.features(input_ids, attention_mask), attention_mask,
