@@ -73,3 +73,18 @@ def test_shared_corpus_holds_training_text_only_and_every_domain(tmp_path):
     total = sum(written.values())
     assert set(written) == {"debian", "spam", "qa", "bible_en", "dialogue", "lee", "shakespeare", "tweets"}
     assert all(n / total > 0.6 * 0.02 for n in written.values()), written  # rounding of the repeat count
+
+
+def test_bilingual_corpus_adds_spanish_training_verses_only_and_never_pairs_them(tmp_path):
+    """The translation arm's span pretraining ("span_shared_es") reads the Spanish verses of the
+    training split as monolingual documents (one verse each, never beside its English side): every
+    one is there, and no validation or test verse (other books) is."""
+    require_data("translation_en_es.train.jsonl.gz", "translation_en_es.test.jsonl.gz")
+    path = tmp_path / "shared_es.jsonl"
+    written = downstream.shared_corpus(path, spanish=True)
+    docs = {json.loads(line)["text"] for line in path.open(encoding="utf-8")}
+    train = downstream.read_jsonl("translation_en_es.train.jsonl.gz")
+    assert "bible_es" in written and {r["es"] for r in train} <= docs
+    held_out = {r["es"] for name in ("validation", "test")
+                for r in downstream.read_jsonl(f"translation_en_es.{name}.jsonl.gz")} - {r["es"] for r in train}
+    assert len(held_out) > 1000 and not docs.intersection(held_out)
