@@ -189,9 +189,10 @@ def shared_corpus(path: Path, min_share: float = 0.02, spanish: bool = False) ->
     joined), the QA contexts, the English Bible verses, the ChatterBot prompts and responses, the Lee
     documents, tiny shakespeare. Only training splits: the one-file sets are cut as their task presets
     cut them (dialogue by the prompt's hash 0.1 / 0.1, Lee by the document's hash 0.25 / 0.25), so no
-    val/test text of any task is read. `spanish` adds the Spanish verses of the translation training split
-    (read as monolingual text: the corpus never pairs a verse with its translation). A source under `min_share` of the characters is repeated up to
-    that share (the tweets would be 0.6% otherwise), so the tokenizer and the model see each domain.
+    val/test text of any task is read. `spanish` adds the Spanish verses of the translation training
+    split (read as monolingual text: the corpus never pairs a verse with its translation). A source
+    under `min_share` of the characters is repeated up to that share (the tweets would be 0.6%
+    otherwise), so the tokenizer and the model see each domain.
     Returns the characters written per source."""
     from lmpretrain.data.corpus import split_by_hash
     from lmpretrain.data.readers import read_conll

@@ -338,6 +338,7 @@ def test_copy_head_cached_log_probs_match_uncached():
     steps = [model.decode(tgt[:, t : t + 1], memory, mask, cache=cache, source_ids=src) for t in range(9)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
     assert cache.memory.k.shape == (3, 2, 6, 16)  # the head's memory keys, computed on the first step only
+    assert cache.memory.v is None  # the memory itself is not copied into the cache
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])

@@ -153,7 +153,8 @@ class Rotary(nn.Module):
 class AttentionCache:
     """The keys and values one attention layer has computed: k, v (B, heads, length, head_dim),
     rotary already applied. Self-attention appends each step's; cross-attention fills it once from
-    the encoder output and reuses it."""
+    the encoder output and reuses it. A head that needs only keys (the copy head) sets `k` and
+    leaves `v` None."""
 
     __slots__ = ("k", "v")
 
@@ -175,7 +176,9 @@ class AttentionCache:
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows `index` (beam search: each surviving beam takes its parent's keys)."""
         if self.k is not None:
-            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+            self.k = self.k.index_select(0, index)
+        if self.v is not None:
+            self.v = self.v.index_select(0, index)
 
 
 class LayerCache:
