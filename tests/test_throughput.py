@@ -83,7 +83,7 @@ def test_cpu_peak_is_the_best_ever_measured(tmp_path, monkeypatch):
     assert throughput.cpu_peak_flops(torch.float32) == 8e10
     monkeypatch.setattr(throughput, "measured_cpu_peak_flops", lambda dtype, n=1024: 3e10)
     assert throughput.cpu_peak_flops(torch.bfloat16) == 3e10  # bf16 has its own entry
-    assert len(json.loads((tmp_path / "cpu_peak_flops.json").read_text())) == 2
+    assert len(json.loads((tmp_path / "cpu_peak_flops_v2.json").read_text())) == 2
 
 
 def test_seconds_since_process_start_counts_the_interpreter_start(tmp_path):

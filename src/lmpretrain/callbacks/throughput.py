@@ -65,7 +65,9 @@ def _cpuinfo() -> str:
 
 
 def _peak_file() -> Path:
-    return cache_root() / "cpu_peak_flops.json"
+    # v2: until 2026-12-03 MLM and span corruption over-counted their FLOPs (head and decoder on
+    # every token), and a window "faster than the peak" raised the peak kept in the v1 file
+    return cache_root() / "cpu_peak_flops_v2.json"
 
 
 def _read_peaks() -> dict[str, float]:

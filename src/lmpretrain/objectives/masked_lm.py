@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric
 
 from lmpretrain.errors import ConfigError
 from lmpretrain.metrics import TokenNLL
+from lmpretrain.models.blocks import Block
 from lmpretrain.models.encoder import Encoder
 from lmpretrain.objectives.pretrain import PretrainModule, Loss, token_id, torch_generator
 
@@ -218,3 +219,16 @@ class MaskedLMModule(PretrainModule):
         super().__init__(model, optimizer, scheduler, seed)
         self.save_hyperparameters()
         self.set_losses({"mlm": MaskedLMLoss(masking, pair, mask_token)})
+
+    def flops_per_token(self, seq_len: int) -> float | None:
+        """The blocks run on every token; the MLM head (transform + the tied vocabulary projection,
+        most of BERT-Tiny's matmul weights) runs on the selected positions only (`_losses`), a
+        `masking.probability` share of the tokens. Counting it for every token, as 6N does, put
+        BERT-Tiny's MFU ~3x too high, and a rate above the cached CPU peak raises that peak for every
+        later run (callbacks/throughput.py)."""
+        c = self.network.config
+        blocks = [m for m in self.network.modules() if isinstance(m, Block)]
+        n_blocks = sum(p.numel() for b in blocks for p in b.parameters())
+        n_head = sum(p.numel() for p in self.network.mlm_head.parameters())  # with the tied embedding
+        share = self.losses["mlm"].cfg.probability
+        return 6 * (n_blocks + share * n_head) + 12 * len(blocks) * c.n_embd * seq_len

@@ -1,0 +1,73 @@
+"""`flops_per_token` (the model FLOPs behind train/mfu) against torch's own count of the matmuls one
+training step runs, forward and backward (torch.utils.flop_counter): an objective whose head or
+decoder runs on part of the tokens must not count it for all of them. An over-count is not only a
+wrong MFU: a rate above the cached CPU peak raises that peak for every later run."""
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+from tokenizers import Tokenizer
+
+from conftest import SHAKESPEARE
+from lmpretrain.objectives import CausalLMModule
+from lmpretrain.objectives.masked_lm import MaskedLMModule
+from lmpretrain.objectives.span_corruption import SpanCorruptionModule
+from lmpretrain.tokenizers import TokenizerConfig, train_tokenizer
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# BERT-Tiny / T5-tiny-like widths with a 2k vocabulary: the head is a large share of the weights,
+# as it is for BERT-Tiny with its 8k-16k WordPiece.
+SHAPE = dict(block_size=128, n_layer=2, n_head=2, n_embd=128, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def wordpiece() -> Tokenizer:
+    cfg = TokenizerConfig(kind="wordpiece", vocab_size=2000, special_tokens=SPECIALS, eos_token="[SEP]",
+                          unk_token="[UNK]", lowercase=True)
+    return train_tokenizer(cfg, iter(SHAKESPEARE.read_text().splitlines()[:8000]))
+
+
+def counted_flops(module, batch: dict) -> int:
+    """Matmul FLOPs of one forward + backward of the module's training loss. Attention through the
+    math kernel, whose matmuls the counter sees (it has no formula for the fused CPU kernel); both
+    it and the PaLM term count the full score matrix, the causal half included."""
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        (loss,) = module.losses.values()
+        loss(module.network, batch, 0)["loss"].backward()
+    return counter.get_total_flops()
+
+
+def text_batch(tok: Tokenizer, rows: int = 16, length: int = 128) -> dict:
+    ids = tok.encode(" ".join(SHAKESPEARE.read_text().split()[:6000]), add_special_tokens=False).ids
+    block = torch.tensor(ids[: rows * length]).view(rows, length)
+    return {"input_ids": block, "attention_mask": torch.ones_like(block)}
+
+
+def test_causal_lm_count_matches_the_matmuls_run():
+    torch.manual_seed(0)
+    m = CausalLMModule(dict(arch="gpt", vocab_size=67, **SHAPE))
+    ids = torch.randint(0, 67, (8, 129))
+    batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
+    expected = m.flops_per_token(128) * batch["input_ids"].numel()
+    assert counted_flops(m, batch) == pytest.approx(expected, rel=0.05)
+
+
+def test_mlm_counts_its_head_on_the_masked_share_only(wordpiece):
+    torch.manual_seed(0)
+    m = MaskedLMModule(dict(arch="bert", vocab_size=wordpiece.get_vocab_size(), **SHAPE))
+    m.connect(tokenizer_json=wordpiece.to_str())
+    batch = text_batch(wordpiece)
+    counted = counted_flops(m, batch)
+    assert counted == pytest.approx(m.flops_per_token(128) * batch["input_ids"].numel(), rel=0.05)
+    every_token = 6 * sum(p.numel() for p in m.network.parameters()) * batch["input_ids"].numel()
+    assert every_token > 1.3 * counted  # the 6N count it replaced (head on every token): 1.41x here
+
+
+def test_span_corruption_counts_the_decoder_on_the_targets_only(wordpiece):
+    torch.manual_seed(0)
+    m = SpanCorruptionModule(dict(arch="t5", vocab_size=wordpiece.get_vocab_size(), **SHAPE))
+    m.connect(tokenizer_json=wordpiece.to_str())
+    batch = text_batch(wordpiece)
+    counted = counted_flops(m, batch)
+    assert counted == pytest.approx(m.flops_per_token(128) * batch["input_ids"].numel(), rel=0.05)
