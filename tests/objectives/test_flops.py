@@ -11,6 +11,7 @@ from tokenizers import Tokenizer
 
 from conftest import SHAKESPEARE
 from lmpretrain.objectives import CausalLMModule
+from lmpretrain.objectives.contrastive import ContrastiveModule
 from lmpretrain.objectives.masked_lm import MaskedLMModule
 from lmpretrain.objectives.span_corruption import SpanCorruptionModule
 from lmpretrain.tokenizers import TokenizerConfig, train_tokenizer
@@ -68,6 +69,15 @@ def test_span_corruption_counts_the_decoder_on_the_targets_only(wordpiece):
     torch.manual_seed(0)
     m = SpanCorruptionModule(dict(arch="t5", vocab_size=wordpiece.get_vocab_size(), **SHAPE))
     m.connect(tokenizer_json=wordpiece.to_str())
+    batch = text_batch(wordpiece)
+    counted = counted_flops(m, batch)
+    assert counted == pytest.approx(m.flops_per_token(128) * batch["input_ids"].numel(), rel=0.05)
+
+
+@pytest.mark.parametrize("arch", ["bert", "t5"])
+def test_simcse_counts_two_passes_of_the_blocks_and_no_head(wordpiece, arch):
+    torch.manual_seed(0)
+    m = ContrastiveModule(dict(arch=arch, vocab_size=wordpiece.get_vocab_size(), **{**SHAPE, "dropout": 0.1}))
     batch = text_batch(wordpiece)
     counted = counted_flops(m, batch)
     assert counted == pytest.approx(m.flops_per_token(128) * batch["input_ids"].numel(), rel=0.05)

@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric
 
 from lmpretrain.errors import ConfigError
 from lmpretrain.models import GPT, Encoder, EncoderDecoder
+from lmpretrain.models.blocks import Block
 from lmpretrain.models.pooling import pool
 from lmpretrain.objectives.pretrain import PretrainModule, Loss
 
@@ -99,3 +100,13 @@ class ContrastiveModule(PretrainModule):
         super().__init__(model, optimizer, scheduler, seed)
         self.save_hyperparameters()
         self.set_losses({"contrastive": ContrastiveLoss(mode, temperature, pooling)})
+
+    def flops_per_token(self, seq_len: int) -> float | None:
+        """Two passes of the network's `features` per counted token (unsupervised: two dropout views of
+        each text; supervised: the text and its positive, whose tokens the throughput count leaves
+        out). No LM head runs and the embedding table is a lookup: the blocks only (a T5's encoder's)."""
+        net = self.network
+        blocks = list(net.encoder) if isinstance(net, EncoderDecoder) else \
+            [m for m in net.modules() if isinstance(m, Block)]
+        n = sum(p.numel() for b in blocks for p in b.parameters())
+        return 2 * (6 * n + 12 * len(blocks) * net.config.n_embd * seq_len)
