@@ -168,3 +168,25 @@ def test_copy_source_adds_a_pointer_head_that_a_pretrained_network_may_lack():
     assert EncoderDecoder(module.network.config).copy_head is None  # not part of the model config
     with pytest.raises(ConfigError, match="copy_source"):
         Seq2SeqModule(model={**model, "arch": "gpt"}, copy_source=True, layout="decoder")
+
+
+@pytest.mark.slow  # ~150 s on 2 cores
+def test_summaries_from_scratch_use_their_source_after_300_steps(tmp_path):
+    """debian_summary from scratch (T5-tiny, copy head, beam 4), 300 steps: ROUGE-L on the first 4
+    test batches (128 packages) must clear a summary that ignores its source. That floor is a real,
+    fluent Debian summary of another package (the training split's i-th for the test's i-th): 0.036
+    over the whole test split. Measured: 0.146 at 300 steps (0.279 after the bench's 2,000); the
+    first 12 words of the description score 0.269 (README)."""
+    refs = [r["summary"] for r in read_records(DATA / "debian_packages.test.jsonl.gz")]
+    others = [r["summary"] for r, _ in zip(read_records(DATA / "debian_packages.train.jsonl.gz"), refs)]
+    unrelated = GenerationMetrics(["rouge"])
+    unrelated.update(others, [[r] for r in refs])
+    floor = float(unrelated.compute()["rougeL"])
+    assert 0.0 < floor < 0.06
+    metrics = finetune(make_cfg(tmp_path, ["task=debian_summary", "trainer.accelerator=cpu", "logger=csv",
+                                           "optimizer.lr=1e-3", "trainer.max_steps=300", "trainer.val_check_interval=300",
+                                           "task.max_eval_batches=2", "+trainer.limit_test_batches=4"],
+                                config_name="finetune"))
+    print(f"\ndebian_summary, 300 steps from scratch: test ROUGE-L {metrics['test/rougeL']:.3f} "
+          f"(unrelated summary {floor:.3f})")
+    assert metrics["test/rougeL"] > floor + 0.06
