@@ -5,11 +5,12 @@ wrong MFU: a rate above the cached CPU peak raises that peak for every later run
 
 import pytest
 import torch
+from tokenizers import Tokenizer
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
-from tokenizers import Tokenizer
 
 from conftest import SHAKESPEARE
+from lmpretrain.module import LMModule
 from lmpretrain.objectives import CausalLMModule
 from lmpretrain.objectives.contrastive import ContrastiveModule
 from lmpretrain.objectives.masked_lm import MaskedLMModule
@@ -19,7 +20,7 @@ from lmpretrain.tokenizers import TokenizerConfig, train_tokenizer
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # BERT-Tiny / T5-tiny-like widths with a 2k vocabulary: the head is a large share of the weights,
 # as it is for BERT-Tiny with its 8k-16k WordPiece.
-SHAPE = dict(block_size=128, n_layer=2, n_head=2, n_embd=128, dropout=0.0)
+SHAPE = {"block_size": 128, "n_layer": 2, "n_head": 2, "n_embd": 128, "dropout": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -47,37 +48,26 @@ def text_batch(tok: Tokenizer, rows: int = 16, length: int = 128) -> dict:
 
 def test_causal_lm_count_matches_the_matmuls_run():
     torch.manual_seed(0)
-    m = CausalLMModule(dict(arch="gpt", vocab_size=67, **SHAPE))
+    m = CausalLMModule({"arch": "gpt", "vocab_size": 67, **SHAPE})
     ids = torch.randint(0, 67, (8, 129))
     batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
     expected = m.flops_per_token(128) * batch["input_ids"].numel()
     assert counted_flops(m, batch) == pytest.approx(expected, rel=0.05)
 
 
-def test_mlm_counts_its_head_on_the_masked_share_only(wordpiece):
+@pytest.mark.parametrize("cls, arch, dropout", [
+    (MaskedLMModule, "bert", 0.0),         # its head on the masked share only
+    (SpanCorruptionModule, "t5", 0.0),     # its decoder and LM head on the span targets only
+    (ContrastiveModule, "bert", 0.1),      # two passes of the blocks (dropout views), no head
+    (ContrastiveModule, "t5", 0.1),        # the same through a T5's encoder
+])
+def test_objective_counts_the_matmuls_it_runs(wordpiece, cls, arch, dropout):
     torch.manual_seed(0)
-    m = MaskedLMModule(dict(arch="bert", vocab_size=wordpiece.get_vocab_size(), **SHAPE))
+    m = cls({"arch": arch, "vocab_size": wordpiece.get_vocab_size(), **SHAPE, "dropout": dropout})
     m.connect(tokenizer_json=wordpiece.to_str())
     batch = text_batch(wordpiece)
+    tokens = batch["input_ids"].numel()
     counted = counted_flops(m, batch)
-    assert counted == pytest.approx(m.flops_per_token(128) * batch["input_ids"].numel(), rel=0.05)
-    every_token = 6 * sum(p.numel() for p in m.network.parameters()) * batch["input_ids"].numel()
-    assert every_token > 1.3 * counted  # the 6N count it replaced (head on every token): 1.41x here
-
-
-def test_span_corruption_counts_the_decoder_on_the_targets_only(wordpiece):
-    torch.manual_seed(0)
-    m = SpanCorruptionModule(dict(arch="t5", vocab_size=wordpiece.get_vocab_size(), **SHAPE))
-    m.connect(tokenizer_json=wordpiece.to_str())
-    batch = text_batch(wordpiece)
-    counted = counted_flops(m, batch)
-    assert counted == pytest.approx(m.flops_per_token(128) * batch["input_ids"].numel(), rel=0.05)
-
-
-@pytest.mark.parametrize("arch", ["bert", "t5"])
-def test_simcse_counts_two_passes_of_the_blocks_and_no_head(wordpiece, arch):
-    torch.manual_seed(0)
-    m = ContrastiveModule(dict(arch=arch, vocab_size=wordpiece.get_vocab_size(), **{**SHAPE, "dropout": 0.1}))
-    batch = text_batch(wordpiece)
-    counted = counted_flops(m, batch)
-    assert counted == pytest.approx(m.flops_per_token(128) * batch["input_ids"].numel(), rel=0.05)
+    assert counted == pytest.approx(m.flops_per_token(128) * tokens, rel=0.05)
+    if cls is not ContrastiveModule:  # 6N + attention on every token (LMModule's count) was far off
+        assert LMModule.flops_per_token(m, 128) * tokens > 1.3 * counted

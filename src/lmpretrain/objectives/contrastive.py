@@ -22,7 +22,7 @@ from lmpretrain.errors import ConfigError
 from lmpretrain.models import GPT, Encoder, EncoderDecoder
 from lmpretrain.models.blocks import Block
 from lmpretrain.models.pooling import pool
-from lmpretrain.objectives.pretrain import PretrainModule, Loss
+from lmpretrain.objectives.pretrain import Loss, PretrainModule
 
 MODES = ("unsupervised", "supervised")
 POOLINGS = ("cls", "mean")

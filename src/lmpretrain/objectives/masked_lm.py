@@ -21,7 +21,7 @@ from lmpretrain.errors import ConfigError
 from lmpretrain.metrics import TokenNLL
 from lmpretrain.models.blocks import Block
 from lmpretrain.models.encoder import Encoder
-from lmpretrain.objectives.pretrain import PretrainModule, Loss, token_id, torch_generator
+from lmpretrain.objectives.pretrain import Loss, PretrainModule, token_id, torch_generator
 
 PAIR_TASKS = ("nsp", "sop")
 
