@@ -95,3 +95,32 @@ def test_seconds_since_process_start_counts_the_interpreter_start(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     wall = time.perf_counter() - started
     assert 1.0 <= float(out) <= wall + 0.02, (out, wall)  # /proc's 10 ms ticks on both ends
+
+
+def test_a_module_that_counts_per_batch_is_counted_per_batch():
+    """Seq2seq fine-tuning counts by batch (source and target lengths differ): the callback takes
+    `flops_per_batch` over `flops_per_token` and multiplies it by the ranks."""
+    from types import SimpleNamespace
+
+    logged = []
+
+    class Module:
+        def flops_per_batch(self, batch):
+            return 1e9  # per batch on each rank, whatever its shape
+
+        def flops_per_token(self, seq_len):
+            raise AssertionError("the per-batch count must win")
+
+        def log_dict(self, metrics, **kw):
+            logged.append(dict(metrics))
+
+    trainer = SimpleNamespace(world_size=2, log_every_n_steps=2, is_global_zero=True, loggers=[], global_step=0)
+    cb = TokenThroughput(peak_flops_per_device=1e20)
+    cb._peak, cb._cpu_dtype, cb._startup_logged = 1e20, None, True
+    module, batch = Module(), {"input_ids": torch.zeros(4, 100, dtype=torch.long)}
+    for i in range(2):
+        cb.on_train_batch_start(trainer, module, batch, i)
+        cb.on_train_batch_end(trainer, module, None, batch, i)
+    (m,) = logged
+    # 2 batches x 1e9 x 2 ranks over 2 x 4 x 100 x 2 tokens: 2.5e6 FLOPs per token
+    assert m["train/tflops_per_sec"] * 1e12 / m["train/tokens_per_sec"] == pytest.approx(2.5e6)

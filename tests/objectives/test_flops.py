@@ -71,3 +71,25 @@ def test_objective_counts_the_matmuls_it_runs(wordpiece, cls, arch, dropout):
     assert counted == pytest.approx(m.flops_per_token(128) * tokens, rel=0.05)
     if cls is not ContrastiveModule:  # 6N + attention on every token (LMModule's count) was far off
         assert LMModule.flops_per_token(m, 128) * tokens > 1.3 * counted
+
+
+@pytest.mark.parametrize("arch, copy_source", [("t5", True), ("t5", False), ("gpt", False)])
+def test_seq2seq_counts_source_and_target_lengths_apart(arch, copy_source):
+    """Fine-tuning a seq2seq task: the encoder on 100 source tokens, the decoder and LM head (and the
+    copy head's queries) on 24 target tokens; a decoder-only GPT on source + target."""
+    from lmpretrain.tasks import Seq2SeqModule
+
+    torch.manual_seed(0)
+    layout = "decoder" if arch == "gpt" else "encoder_decoder"
+    m = Seq2SeqModule({"arch": arch, "vocab_size": 500, **SHAPE}, layout=layout, copy_source=copy_source)
+    g = torch.Generator().manual_seed(0)
+    if layout == "decoder":
+        ids = torch.randint(1, 500, (4, 124), generator=g)
+        batch = {"input_ids": ids, "labels": ids}
+    else:
+        target = torch.randint(1, 500, (4, 24), generator=g)
+        batch = {"input_ids": torch.randint(1, 500, (4, 100), generator=g), "attention_mask": torch.ones(4, 100),
+                 "decoder_input_ids": target, "labels": target}
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        m.loss(batch)[0].backward()
+    assert counter.get_total_flops() == pytest.approx(m.flops_per_batch(batch), rel=0.05)

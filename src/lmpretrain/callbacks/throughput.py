@@ -2,7 +2,8 @@
 
 `train/tokens_per_sec` and `train/samples_per_sec` count what the optimizer consumed on all
 ranks per wall-clock second. `train/mfu` = achieved model FLOPs / peak FLOPs of all devices, with
-model FLOPs from the objective's `flops_per_token(seq_len)` (6N + attention, forward + backward;
+model FLOPs from the objective's `flops_per_token(seq_len)` (6N + attention, forward + backward; or
+`flops_per_batch(batch)` where parts of the network run on other lengths, as seq2seq's decoder;
 activation recomputation is not counted, as in PaLM's definition) and the peak from `PEAK_FLOPS`
 (GPUs) or, on a CPU, the best matmul rate ever measured on this machine (`cpu_peak_flops`).
 MFU is never above 1: a window that runs faster than the peak proves the peak was under-measured
@@ -163,11 +164,15 @@ class TokenThroughput(L.Callback):
         self._tokens += tokens
         self.tokens_seen += tokens
         self._samples += ids.size(0) * trainer.world_size
-        seq_len = ids.size(-1)
-        if seq_len not in self._per_token:
-            self._per_token[seq_len] = getattr(pl_module, "flops_per_token", lambda _: None)(seq_len)
-        per_token = self._per_token[seq_len]
-        self._flops += per_token * tokens if per_token else 0
+        per_batch = getattr(pl_module, "flops_per_batch", None)  # parts of the network see other lengths
+        if per_batch is not None:
+            self._flops += (per_batch(batch) or 0) * trainer.world_size
+        else:
+            seq_len = ids.size(-1)
+            if seq_len not in self._per_token:
+                self._per_token[seq_len] = getattr(pl_module, "flops_per_token", lambda _: None)(seq_len)
+            per_token = self._per_token[seq_len]
+            self._flops += per_token * tokens if per_token else 0
         self._batches += 1
         if self._batches >= (self.window or trainer.log_every_n_steps):
             elapsed = time.perf_counter() - self._start

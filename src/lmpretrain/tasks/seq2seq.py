@@ -84,6 +84,7 @@ class Seq2SeqModule(FinetuneModule):
         })
         self._tokenizer = None
         self._eval_batches = 0
+        self._param_counts: tuple[int, int, bool] | None = None
 
     # -- loss ------------------------------------------------------------------------------------
     def loss(self, batch: dict) -> tuple[torch.Tensor, int]:
@@ -99,6 +100,33 @@ class Seq2SeqModule(FinetuneModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.log_train_loss(self.loss(batch)[0])
+
+    def flops_per_batch(self, batch: dict) -> float:
+        """Training FLOPs (forward + backward) of `loss(batch)`, by what runs on which length: an
+        encoder-decoder runs the encoder (and the cross-attention K/V projections, and the copy
+        head's keys) on the S source positions, the rest of the decoder, the LM head and the copy
+        head's queries on the T target positions, with attention terms S*S, T*T and T*S. A decoder
+        runs GPT on source + target with its LM head on every position. Padding counts: it runs."""
+        net, c = self.network, self.network.config
+        b, s = batch["input_ids"].shape
+        if self.layout == "decoder":
+            if self._param_counts is None:  # counted once: ~1 ms a step otherwise
+                self._param_counts = net.num_params(), 0, False
+            return b * (6 * self._param_counts[0] * s + 12 * c.n_layer * c.n_embd * s * s)
+        t, d = batch["decoder_input_ids"].shape[1], c.n_embd
+        if self._param_counts is None:
+            def count(*modules) -> int:
+                return sum(p.numel() for m in modules for p in m.parameters())
+
+            memory = count(*(m for blk in net.decoder for m in (blk.cross_attn.k, blk.cross_attn.v)))
+            copy = getattr(net, "copy_head", None)
+            on_source = count(*net.encoder) + memory + (count(copy.key) if copy is not None else 0)
+            on_target = count(*net.decoder, net.lm_head) - memory + (count(copy.query, copy.gate) if copy is not None else 0)
+            self._param_counts = on_source, on_target, copy is not None
+        on_source, on_target, copies = self._param_counts
+        attention = 12 * d * (len(net.encoder) * s * s + len(net.decoder) * t * (t + s))
+        copy_scores = 6 * d * t * s if copies else 0  # its query-key scores only: no value matmul
+        return b * (6 * on_source * s + 6 * on_target * t + attention + copy_scores)
 
     # -- generation ------------------------------------------------------------------------------
     @property
