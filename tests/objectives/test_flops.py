@@ -93,3 +93,24 @@ def test_seq2seq_counts_source_and_target_lengths_apart(arch, copy_source):
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         m.loss(batch)[0].backward()
     assert counter.get_total_flops() == pytest.approx(m.flops_per_batch(batch), rel=0.05)
+
+
+def test_multitask_counts_each_loss_and_weights_them_as_they_are_drawn(wordpiece):
+    """objective=multitask draws one loss a step with probability ~ its weight: the count is each
+    loss's own count (checked against the matmuls it runs), weighted so."""
+    from lmpretrain.objectives.multitask import MultitaskModule
+
+    torch.manual_seed(0)
+    m = MultitaskModule({"arch": "bert", "vocab_size": wordpiece.get_vocab_size(), **SHAPE, "dropout": 0.1},
+                        losses={"mlm": {"type": "mlm", "weight": 3.0}, "simcse": {"type": "contrastive", "weight": 1.0}})
+    m.connect(tokenizer_json=wordpiece.to_str())
+    batch = text_batch(wordpiece)
+    tokens = batch["input_ids"].numel()
+    per_loss = {}
+    for name, loss in m.losses.items():
+        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+            loss(m.network, batch, 0)["loss"].backward()
+        per_loss[name] = counter.get_total_flops()
+        assert per_loss[name] == pytest.approx(loss.flops_per_token(m.network, 128) * tokens, rel=0.05)
+    expected = (3 * per_loss["mlm"] + per_loss["simcse"]) / 4
+    assert m.flops_per_token(128) * tokens == pytest.approx(expected, rel=0.05)

@@ -69,6 +69,15 @@ class ContrastiveLoss(Loss):
             return z, self.embed(network, batch["input_ids_b"], batch.get("attention_mask_b"))
         return z, self.embed(network, batch["input_ids"], batch.get("attention_mask"))  # new dropout mask
 
+    def flops_per_token(self, network: nn.Module, seq_len: int) -> float:
+        """Two passes of the network's `features` per counted token (unsupervised: two dropout views of
+        each text; supervised: the text and its positive, whose tokens the throughput count leaves
+        out). No LM head runs and the embedding table is a lookup: the blocks only (a T5's encoder's)."""
+        blocks = list(network.encoder) if isinstance(network, EncoderDecoder) else \
+            [m for m in network.modules() if isinstance(m, Block)]
+        n = sum(p.numel() for b in blocks for p in b.parameters())
+        return 2 * (6 * n + 12 * len(blocks) * network.config.n_embd * seq_len)
+
     def forward(self, network, batch, seed):
         z, z_pos = self.views(network, batch, paired=self.mode == "supervised")
         return {"loss": info_nce(z, z_pos, self.temperature)}
@@ -100,13 +109,3 @@ class ContrastiveModule(PretrainModule):
         super().__init__(model, optimizer, scheduler, seed)
         self.save_hyperparameters()
         self.set_losses({"contrastive": ContrastiveLoss(mode, temperature, pooling)})
-
-    def flops_per_token(self, seq_len: int) -> float | None:
-        """Two passes of the network's `features` per counted token (unsupervised: two dropout views of
-        each text; supervised: the text and its positive, whose tokens the throughput count leaves
-        out). No LM head runs and the embedding table is a lookup: the blocks only (a T5's encoder's)."""
-        net = self.network
-        blocks = list(net.encoder) if isinstance(net, EncoderDecoder) else \
-            [m for m in net.modules() if isinstance(m, Block)]
-        n = sum(p.numel() for b in blocks for p in b.parameters())
-        return 2 * (6 * n + 12 * len(blocks) * net.config.n_embd * seq_len)

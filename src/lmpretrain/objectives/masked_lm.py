@@ -119,6 +119,10 @@ class SentencePairLoss(Loss):
         loss, _ = self.loss_and_acc(network, network.features(*encoder_inputs(batch)), batch)
         return {"loss": loss}
 
+    def flops_per_token(self, network: Encoder, seq_len: int) -> float:
+        """The blocks only: no MLM head runs in a pair-only step."""
+        return encoder_flops_per_token(network, seq_len)
+
     def val_update(self, network, batch, seed):
         loss, acc = self.loss_and_acc(network, network.features(*encoder_inputs(batch)), batch)
         self.val_loss.update(loss)
@@ -126,6 +130,15 @@ class SentencePairLoss(Loss):
 
     def val_compute(self):
         return {"loss": self.val_loss.compute(), f"{self.kind}_acc": self.val_acc.compute()}
+
+
+def encoder_flops_per_token(network: Encoder, seq_len: int, mlm_head_share: float = 0.0) -> float:
+    """Training FLOPs per token of the encoder's blocks (every token) and of its MLM head on a
+    `mlm_head_share` of the tokens. A pair head (NSP/SOP) runs once a sequence: left out."""
+    blocks = [m for m in network.modules() if isinstance(m, Block)]
+    n_blocks = sum(p.numel() for b in blocks for p in b.parameters())
+    n_head = sum(p.numel() for p in network.mlm_head.parameters()) if mlm_head_share else 0  # tied embedding too
+    return 6 * (n_blocks + mlm_head_share * n_head) + 12 * len(blocks) * network.config.n_embd * seq_len
 
 
 def encoder_inputs(batch: dict) -> tuple:
@@ -168,6 +181,13 @@ class MaskedLMLoss(Loss):
         starts = self.word_start.to(ids.device)[ids.clamp(max=len(special) - 1)] if self.cfg.whole_word else None
         return mask_tokens(ids, maskable, self.mask_id, self.random_ids.to(ids.device), self.cfg,
                            torch_generator(seed, ids.device), starts)
+
+    def flops_per_token(self, network: Encoder, seq_len: int) -> float:
+        """The MLM head (transform + the tied vocabulary projection, most of BERT-Tiny's matmul
+        weights) runs on the selected positions only (`_losses`), a `masking.probability` share.
+        Counting it for every token, as 6N does, put BERT-Tiny's MFU ~3x too high, and a rate above
+        the cached CPU peak raises that peak for every later run (callbacks/throughput.py)."""
+        return encoder_flops_per_token(network, seq_len, mlm_head_share=self.cfg.probability)
 
     def _losses(self, network: Encoder, batch: dict, seed: int):
         corrupted, labels = self.corrupt(batch, seed)
@@ -219,16 +239,3 @@ class MaskedLMModule(PretrainModule):
         super().__init__(model, optimizer, scheduler, seed)
         self.save_hyperparameters()
         self.set_losses({"mlm": MaskedLMLoss(masking, pair, mask_token)})
-
-    def flops_per_token(self, seq_len: int) -> float | None:
-        """The blocks run on every token; the MLM head (transform + the tied vocabulary projection,
-        most of BERT-Tiny's matmul weights) runs on the selected positions only (`_losses`), a
-        `masking.probability` share of the tokens. Counting it for every token, as 6N does, put
-        BERT-Tiny's MFU ~3x too high, and a rate above the cached CPU peak raises that peak for every
-        later run (callbacks/throughput.py)."""
-        c = self.network.config
-        blocks = [m for m in self.network.modules() if isinstance(m, Block)]
-        n_blocks = sum(p.numel() for b in blocks for p in b.parameters())
-        n_head = sum(p.numel() for p in self.network.mlm_head.parameters())  # with the tied embedding
-        share = self.losses["mlm"].cfg.probability
-        return 6 * (n_blocks + share * n_head) + 12 * len(blocks) * c.n_embd * seq_len

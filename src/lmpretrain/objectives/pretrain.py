@@ -67,6 +67,12 @@ class Loss(nn.Module):
         """Training: {"loss": the loss to optimize, "<part>": anything else worth logging}."""
         raise NotImplementedError
 
+    def flops_per_token(self, network: nn.Module, seq_len: int) -> float | None:
+        """Training FLOPs (forward + backward) of one step of this loss per input token, counting
+        what runs on how many positions; None = `LMModule.flops_per_token` (6N + attention on every
+        token, right for a causal LM)."""
+        return None
+
     def val_update(self, network: nn.Module, batch: dict, seed: int) -> None:
         raise NotImplementedError
 
@@ -117,6 +123,19 @@ class PretrainModule(LMModule):
             tokenizer = Tokenizer.from_str(self.tokenizer_json)
             for loss in self.losses.values():
                 loss.connect(tokenizer, self.runtime)
+
+    def flops_per_token(self, seq_len: int) -> float | None:
+        """Each loss's own count (`Loss.flops_per_token`), weighted as `pick_loss` draws them: a
+        multitask run's expected FLOPs per step, which a logging window of steps averages."""
+        total = 0.0
+        for name, loss in self.losses.items():
+            flops = loss.flops_per_token(self.network, seq_len)
+            if flops is None:
+                flops = super().flops_per_token(seq_len)
+                if flops is None:
+                    return None
+            total += self.weights[name] * flops
+        return total / sum(self.weights.values())
 
     @property
     def uses_every_parameter(self) -> bool:

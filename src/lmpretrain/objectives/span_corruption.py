@@ -26,7 +26,7 @@ from torchmetrics import MeanMetric
 from lmpretrain.errors import ConfigError
 from lmpretrain.metrics import TokenNLL
 from lmpretrain.models.encdec import EncoderDecoder
-from lmpretrain.objectives.pretrain import PretrainModule, Loss, token_id
+from lmpretrain.objectives.pretrain import Loss, PretrainModule, token_id
 
 
 @dataclass
@@ -116,6 +116,23 @@ class SpanCorruptionLoss(Loss):
         start = torch.full_like(labels[:, :1], self.start_id)
         return {"input_ids": inputs, "decoder_input_ids": torch.cat([start, labels[:, :-1]], 1), "labels": labels}
 
+    def flops_per_token(self, net: EncoderDecoder, seq_len: int) -> float:
+        """Per token of the uncorrupted block: the encoder runs on the corrupted input (the block less
+        its noise, plus one sentinel per span and EOS), and so do the cross-attention key and value
+        projections; the rest of the decoder and the LM head run on the targets (the noise, the
+        sentinels and EOS: ~0.2 of the block), with causal self-attention over the targets and
+        cross-attention to the input. 6N over the whole network for every block token would count
+        the decoder ~4x too often."""
+        n_noise, n_spans = self.cfg.counts(seq_len)
+        t_in, t_out = seq_len - n_noise + n_spans + 1, n_noise + n_spans + 1
+        n_enc = sum(p.numel() for p in net.encoder.parameters())
+        n_memory = sum(p.numel() for b in net.decoder for m in (b.cross_attn.k, b.cross_attn.v) for p in m.parameters())
+        n_dec = sum(p.numel() for m in (net.decoder, net.lm_head) for p in m.parameters()) - n_memory
+        layers_enc, layers_dec, d = len(net.encoder), len(net.decoder), net.config.n_embd
+        total = (6 * (n_enc + n_memory) * t_in + 12 * layers_enc * d * t_in * t_in
+                 + 6 * n_dec * t_out + 12 * layers_dec * d * t_out * (t_out + t_in))
+        return total / seq_len
+
     def _loss(self, network: EncoderDecoder, batch: dict, seed: int):
         c = self.corrupt(batch["input_ids"], seed)
         logits = network(c["input_ids"], c["decoder_input_ids"])  # (B, T, V)
@@ -157,22 +174,3 @@ class SpanCorruptionModule(PretrainModule):
         self.save_hyperparameters()  # the init arguments as they stand now: model with sentinels, sentinel0
         cfg = SpanConfig(noise_density, mean_span_length, n_sentinels)
         self.set_losses({"span_corruption": SpanCorruptionLoss(sentinel0, cfg, eos_token, start_token)})
-
-    def flops_per_token(self, seq_len: int) -> float | None:
-        """Per token of the uncorrupted block: the encoder runs on the corrupted input (the block less
-        its noise, plus one sentinel per span and EOS), and so do the cross-attention key and value
-        projections; the rest of the decoder and the LM head run on the targets (the noise, the
-        sentinels and EOS: ~0.2 of the block), with causal self-attention over the targets and
-        cross-attention to the input. 6N over the whole network for every block token would count
-        the decoder ~4x too often."""
-        c = self.network.config
-        n_noise, n_spans = self.losses["span_corruption"].cfg.counts(seq_len)
-        t_in, t_out = seq_len - n_noise + n_spans + 1, n_noise + n_spans + 1
-        net = self.network
-        n_enc = sum(p.numel() for p in net.encoder.parameters())
-        n_memory = sum(p.numel() for b in net.decoder for m in (b.cross_attn.k, b.cross_attn.v) for p in m.parameters())
-        n_dec = sum(p.numel() for m in (net.decoder, net.lm_head) for p in m.parameters()) - n_memory
-        layers_enc, layers_dec, d = len(net.encoder), len(net.decoder), c.n_embd
-        total = (6 * (n_enc + n_memory) * t_in + 12 * layers_enc * d * t_in * t_in
-                 + 6 * n_dec * t_out + 12 * layers_dec * d * t_out * (t_out + t_in))
-        return total / seq_len
