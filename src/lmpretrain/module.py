@@ -19,6 +19,14 @@ from lmpretrain.models.blocks import Block
 from lmpretrain.optim import build_optimizer, build_scheduler
 
 
+def block_flops_per_token(blocks: list[Block], n_embd: int, seq_len: int, other_weights: float = 0) -> float:
+    """Training FLOPs (forward + backward) per token of `blocks` run on every token: 6 x their
+    weights + the attention scores, 12 * layers * width * seq_len (PaLM, appendix B), plus 6 x
+    `other_weights` (a head's weights, times the share of tokens it runs on)."""
+    n = sum(p.numel() for b in blocks for p in b.parameters())
+    return 6 * (n + other_weights) + 12 * len(blocks) * n_embd * seq_len
+
+
 @dataclass
 class RuntimeOptions:
     """How the network runs, not what it is (`runtime:` in conf/train.yaml); never a hyperparameter.

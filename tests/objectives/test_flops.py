@@ -30,14 +30,19 @@ def wordpiece() -> Tokenizer:
     return train_tokenizer(cfg, iter(SHAKESPEARE.read_text().splitlines()[:8000]))
 
 
-def counted_flops(module, batch: dict) -> int:
-    """Matmul FLOPs of one forward + backward of the module's training loss. Attention through the
-    math kernel, whose matmuls the counter sees (it has no formula for the fused CPU kernel); both
-    it and the PaLM term count the full score matrix, the causal half included."""
+def matmul_flops(loss_of_one_step) -> int:
+    """Matmul FLOPs of one forward (`loss_of_one_step()`) + backward. Attention through the math
+    kernel, whose matmuls the counter sees (it has no formula for the fused CPU kernel); both it and
+    the PaLM term count the full score matrix, the causal half included."""
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        (loss,) = module.losses.values()
-        loss(module.network, batch, 0)["loss"].backward()
+        loss_of_one_step().backward()
     return counter.get_total_flops()
+
+
+def counted_flops(module, batch: dict) -> int:
+    """One training step of a single-loss pretraining module."""
+    (loss,) = module.losses.values()
+    return matmul_flops(lambda: loss(module.network, batch, 0)["loss"])
 
 
 def text_batch(tok: Tokenizer, rows: int = 16, length: int = 128) -> dict:
@@ -90,9 +95,7 @@ def test_seq2seq_counts_source_and_target_lengths_apart(arch, copy_source):
         target = torch.randint(1, 500, (4, 24), generator=g)
         batch = {"input_ids": torch.randint(1, 500, (4, 100), generator=g), "attention_mask": torch.ones(4, 100),
                  "decoder_input_ids": target, "labels": target}
-    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        m.loss(batch)[0].backward()
-    assert counter.get_total_flops() == pytest.approx(m.flops_per_batch(batch), rel=0.05)
+    assert matmul_flops(lambda: m.loss(batch)[0]) == pytest.approx(m.flops_per_batch(batch), rel=0.05)
 
 
 def test_multitask_counts_each_loss_and_weights_them_as_they_are_drawn(wordpiece):
@@ -108,9 +111,7 @@ def test_multitask_counts_each_loss_and_weights_them_as_they_are_drawn(wordpiece
     tokens = batch["input_ids"].numel()
     per_loss = {}
     for name, loss in m.losses.items():
-        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-            loss(m.network, batch, 0)["loss"].backward()
-        per_loss[name] = counter.get_total_flops()
+        per_loss[name] = matmul_flops(lambda loss=loss: loss(m.network, batch, 0)["loss"])
         assert per_loss[name] == pytest.approx(loss.flops_per_token(m.network, 128) * tokens, rel=0.05)
     expected = (3 * per_loss["mlm"] + per_loss["simcse"]) / 4
     assert m.flops_per_token(128) * tokens == pytest.approx(expected, rel=0.05)

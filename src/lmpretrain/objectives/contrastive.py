@@ -22,6 +22,7 @@ from lmpretrain.errors import ConfigError
 from lmpretrain.models import GPT, Encoder, EncoderDecoder
 from lmpretrain.models.blocks import Block
 from lmpretrain.models.pooling import pool
+from lmpretrain.module import block_flops_per_token
 from lmpretrain.objectives.pretrain import Loss, PretrainModule
 
 MODES = ("unsupervised", "supervised")
@@ -75,8 +76,7 @@ class ContrastiveLoss(Loss):
         out). No LM head runs and the embedding table is a lookup: the blocks only (a T5's encoder's)."""
         blocks = list(network.encoder) if isinstance(network, EncoderDecoder) else \
             [m for m in network.modules() if isinstance(m, Block)]
-        n = sum(p.numel() for b in blocks for p in b.parameters())
-        return 2 * (6 * n + 12 * len(blocks) * network.config.n_embd * seq_len)
+        return 2 * block_flops_per_token(blocks, network.config.n_embd, seq_len)
 
     def forward(self, network, batch, seed):
         z, z_pos = self.views(network, batch, paired=self.mode == "supervised")

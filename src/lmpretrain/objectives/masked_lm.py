@@ -21,6 +21,7 @@ from lmpretrain.errors import ConfigError
 from lmpretrain.metrics import TokenNLL
 from lmpretrain.models.blocks import Block
 from lmpretrain.models.encoder import Encoder
+from lmpretrain.module import block_flops_per_token
 from lmpretrain.objectives.pretrain import Loss, PretrainModule, token_id, torch_generator
 
 PAIR_TASKS = ("nsp", "sop")
@@ -136,9 +137,8 @@ def encoder_flops_per_token(network: Encoder, seq_len: int, mlm_head_share: floa
     """Training FLOPs per token of the encoder's blocks (every token) and of its MLM head on a
     `mlm_head_share` of the tokens. A pair head (NSP/SOP) runs once a sequence: left out."""
     blocks = [m for m in network.modules() if isinstance(m, Block)]
-    n_blocks = sum(p.numel() for b in blocks for p in b.parameters())
     n_head = sum(p.numel() for p in network.mlm_head.parameters()) if mlm_head_share else 0  # tied embedding too
-    return 6 * (n_blocks + mlm_head_share * n_head) + 12 * len(blocks) * network.config.n_embd * seq_len
+    return block_flops_per_token(blocks, network.config.n_embd, seq_len, mlm_head_share * n_head)
 
 
 def encoder_inputs(batch: dict) -> tuple:

@@ -22,7 +22,7 @@ from lmpretrain.models.encdec import EncoderDecoder
 from lmpretrain.models.encoder import Encoder
 from lmpretrain.models.gpt import GPT
 from lmpretrain.models.pooling import POOLINGS
-from lmpretrain.module import LMModule
+from lmpretrain.module import LMModule, block_flops_per_token
 from lmpretrain.tasks.adversarial import AdversarialConfig, adversarial_loss
 
 TASK_POOLINGS = ("auto", *POOLINGS)
@@ -84,11 +84,10 @@ class FinetuneModule(LMModule):
     def flops_per_token(self, seq_len: int) -> float | None:
         """6 x the weights that multiply every token (the blocks and the task head; no LM head runs
         here, so the embedding table is a lookup, not a matmul) + the attention term."""
-        c = self.network.config
         blocks = [m for m in self.network.modules() if isinstance(m, Block)]
         head = getattr(self.network, "task_head", None)
-        n = sum(p.numel() for m in [*blocks, *([head] if head is not None else [])] for p in m.parameters())
-        return 6 * n + 12 * len(blocks) * c.n_embd * seq_len
+        n_head = sum(p.numel() for p in head.parameters()) if head is not None else 0
+        return block_flops_per_token(blocks, self.network.config.n_embd, seq_len, n_head)
 
     new_parameters = ("task_head.", "match_emb.", "copy_head.")  # added for fine-tuning: no checkpoint has them
 

@@ -12,6 +12,8 @@ a validation are over `max_eval_batches * batch_size` examples, the loss over ev
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
@@ -84,7 +86,6 @@ class Seq2SeqModule(FinetuneModule):
         })
         self._tokenizer = None
         self._eval_batches = 0
-        self._param_counts: tuple[int, int, bool] | None = None
 
     # -- loss ------------------------------------------------------------------------------------
     def loss(self, batch: dict) -> tuple[torch.Tensor, int]:
@@ -109,24 +110,31 @@ class Seq2SeqModule(FinetuneModule):
         runs GPT on source + target with its LM head on every position. Padding counts: it runs."""
         net, c = self.network, self.network.config
         b, s = batch["input_ids"].shape
+        on_source, on_target = self._weights_by_length
         if self.layout == "decoder":
-            if self._param_counts is None:  # counted once: ~1 ms a step otherwise
-                self._param_counts = net.num_params(), 0, False
-            return b * (6 * self._param_counts[0] * s + 12 * c.n_layer * c.n_embd * s * s)
+            return b * (6 * on_source * s + 12 * c.n_layer * c.n_embd * s * s)
         t, d = batch["decoder_input_ids"].shape[1], c.n_embd
-        if self._param_counts is None:
-            def count(*modules) -> int:
-                return sum(p.numel() for m in modules for p in m.parameters())
-
-            memory = count(*(m for blk in net.decoder for m in (blk.cross_attn.k, blk.cross_attn.v)))
-            copy = getattr(net, "copy_head", None)
-            on_source = count(*net.encoder) + memory + (count(copy.key) if copy is not None else 0)
-            on_target = count(*net.decoder, net.lm_head) - memory + (count(copy.query, copy.gate) if copy is not None else 0)
-            self._param_counts = on_source, on_target, copy is not None
-        on_source, on_target, copies = self._param_counts
         attention = 12 * d * (len(net.encoder) * s * s + len(net.decoder) * t * (t + s))
+        copies = getattr(net, "copy_head", None) is not None
         copy_scores = 6 * d * t * s if copies else 0  # its query-key scores only: no value matmul
         return b * (6 * on_source * s + 6 * on_target * t + attention + copy_scores)
+
+    @functools.cached_property
+    def _weights_by_length(self) -> tuple[int, int]:
+        """(weights that run on every source position, on every target position), counted once
+        (~1 ms a step otherwise); a decoder runs all of them on source + target: (all, 0)."""
+        net = self.network
+        if self.layout == "decoder":
+            return net.num_params(), 0
+
+        def count(*modules) -> int:
+            return sum(p.numel() for m in modules for p in m.parameters())
+
+        memory = count(*(m for blk in net.decoder for m in (blk.cross_attn.k, blk.cross_attn.v)))
+        copy = getattr(net, "copy_head", None)
+        on_source = count(*net.encoder) + memory + (count(copy.key) if copy is not None else 0)
+        on_target = count(*net.decoder, net.lm_head) - memory + (count(copy.query, copy.gate) if copy is not None else 0)
+        return on_source, on_target
 
     # -- generation ------------------------------------------------------------------------------
     @property
