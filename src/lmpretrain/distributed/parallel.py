@@ -132,9 +132,9 @@ class FSDP2Strategy(ModelParallelStrategy):
 
         path = Path(self.broadcast(checkpoint_path))
         if not _is_sharded_checkpoint(path):
-            return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+            return super().load_checkpoint(checkpoint_path, weights_only=True)
         metadata = _load_checkpoint(path, {"state_dict": self.model}, strict=self.lightning_module.strict_loading,
-                                    weights_only=weights_only)
+                                    weights_only=True)  # never unpickle: None would let an environment variable decide
         for idx, optimizer in enumerate(self.optimizers):
             key = f"optimizer_{idx}"
             state = {key: get_optimizer_state_dict(self.model, optimizer)}
