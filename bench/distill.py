@@ -31,6 +31,17 @@ validation (masked-token accuracy, loss) and the test splits.
 
     python bench/distill.py --family mlm --steps 1000   # the README's MLM table (~20 min on 2 cores)
 
+--family task: distillation at fine-tuning time (`DistilledClassificationModule`, the task logits):
+a debian_section teacher (the shared-text MLM teacher above fine-tuned `--teacher-steps` steps, default
+500 as bench/downstream.py fine-tunes it; reused from <out>/teacher_<steps> when there) and one BERT
+student checkpoint (`--student`, default the `--family mlm` baseline student; trained with that recipe
+when missing), fine-tuned on
+debian_section exactly as bench/downstream.py does (500 steps, lr 1e-3) with and without the teacher's
+logits (0.5 hard + 0.5 soft, T = 2), for each fine-tuning seed of `--seeds`; scores: validation loss,
+test accuracy and macro F1 of each, and their means.
+
+    python bench/distill.py --family task --seeds 1,2,3   # the README's task-distillation table (~10 min)
+
 --reuse takes the baseline and distilled last.ckpt from a previous run under <out> when they are there
 (their training times from <out>/results.json) instead of training them.
 """
@@ -129,10 +140,7 @@ def mlm_main(args) -> None:
     shared = args.out if args.smoke else REPO / "logs" / "bench_downstream"  # where the teacher is (made)
     shared.mkdir(parents=True, exist_ok=True)
     teacher = downstream.pretrain("mlm_shared_rotary", shared, 0.005 if args.smoke else 1.0)
-    corpus = shared / "shared_text.jsonl"
-    common = [*downstream.MLM_SHARED, "model.position=rotary", f"data.files=[{corpus}]", *downstream.CPU,
-              f"seed={args.seed}",
-              f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={max(1, args.steps // 4)}"]
+    common = mlm_common(args, shared, downstream)
     results = {}
     for name, extra in (("baseline", []), ("distilled", ["objective=distill", f"objective.teacher={teacher}"])):
         start = time.perf_counter()
@@ -159,6 +167,82 @@ def mlm_main(args) -> None:
               f"{r['train_s']:.0f} |")
 
 
+KD_TASK = "debian_section"  # 58 classes: soft targets say which sections are alike
+
+
+def task_main(args) -> None:
+    """--family task (see the module docstring)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import downstream
+
+    from lmpretrain.evaluate import extrinsic_scores
+    from lmpretrain.finetune import finetune
+
+    scale = 0.005 if args.smoke else 1.0
+    shared = args.out if args.smoke else REPO / "logs" / "bench_downstream"
+    spec = downstream.TASKS[KD_TASK]
+    teacher_dir = args.out / f"teacher_{args.teacher_steps}"
+    teacher = teacher_dir / "checkpoints" / "last.ckpt"
+    previous = args.out / "results.json"
+    previous = json.loads(previous.read_text()).get("results", {}) if previous.is_file() else {}
+    results = {"teacher": previous["teacher"]} if "teacher" in previous else {}
+    shared.mkdir(parents=True, exist_ok=True)
+    pretrained = downstream.pretrain("mlm_shared_rotary", shared, scale)  # also writes the shared corpus
+    if args.retrain or not teacher.is_file():
+        n = args.teacher_steps
+        start = time.perf_counter()
+        metrics = finetune(compose_config("finetune", [
+            f"task={KD_TASK}", *downstream.CPU, *spec["overrides"], f"pretrained={pretrained}",
+            f"trainer.max_steps={n}", f"trainer.val_check_interval={max(1, n // 3)}"], teacher_dir))
+        results["teacher"] = {"train_s": time.perf_counter() - start,
+                              **{k: float(v) for k, v in metrics.items() if k.split("/")[0] in ("val", "test")}}
+    student = args.student
+    if student is None:  # the --family mlm baseline student (the same recipe, trained here when missing)
+        mlm_out = args.out.with_name("bench_distill_mlm") if not args.smoke else args.out
+        student = mlm_out / "baseline" / "checkpoints" / "last.ckpt"
+        if not student.is_file():
+            from lmpretrain.train import train
+
+            train(compose_config("train", [*mlm_common(args, shared, downstream), *MLM_STUDENT], mlm_out / "baseline"))
+    n = downstream.steps(spec["steps"], scale)
+    task_overrides = [f"task={KD_TASK}", "trainer.accelerator=cpu", *spec["overrides"], f"trainer.max_steps={n}",
+                      f"trainer.val_check_interval={max(1, n // 3)}"]
+    arms = {"plain": [], "task_distilled": ["task._target_=lmpretrain.tasks.distill.DistilledClassificationModule",
+                                            f"+task.teacher={teacher}"]}
+    for seed in args.seeds:
+        for arm, extra in arms.items():
+            start = time.perf_counter()
+            scores = extrinsic_scores(str(student), KD_TASK, [*task_overrides, f"seed={seed}", *extra],
+                                      args.out / f"{arm}_seed{seed}")
+            results[f"{arm}/seed{seed}"] = {"finetune_s": time.perf_counter() - start,
+                                            **{k: float(v) for k, v in scores.items()}}
+    meta = {"date": date.today().isoformat(), "task": KD_TASK, "teacher": str(teacher),
+            "teacher_steps": args.teacher_steps, "student": str(student), "finetune": " ".join(task_overrides),
+            "distill": "weights hard 0.5 + soft 0.5, T=2", "seeds": args.seeds,
+            "machine": f"{platform.machine()}, torch {torch.__version__}"}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    if "teacher" in results:
+        t = results["teacher"]
+        print(f"\nteacher ({args.teacher_steps} steps): val loss {t['val/loss']:.3f}, test acc {t['test/acc']:.3f}, "
+              f"macro F1 {t['test/f1']:.3f}")
+    print(f"\n{meta}\n\n| fine-tuning seed | plain: val loss / test acc / macro F1 | "
+          "task-distilled: val loss / test acc / macro F1 |\n|---|---|---|")
+    keys = ("val/loss", "test/acc", "test/f1")
+    rows = {arm: [[results[f"{arm}/seed{seed}"][k] for k in keys] for seed in args.seeds] for arm in arms}
+    for i, seed in enumerate(args.seeds):
+        print(f"| {seed} | " + " | ".join(" / ".join(f"{v:.3f}" for v in rows[arm][i]) for arm in arms) + " |")
+    means = {arm: [sum(col) / len(col) for col in zip(*rows[arm])] for arm in arms}
+    print("| mean | " + " | ".join(" / ".join(f"{v:.3f}" for v in means[arm]) for arm in arms) + " |")
+
+
+def mlm_common(args, shared: Path, downstream) -> list[str]:
+    """The BERT students' MLM pretraining overrides (both students; the teacher's corpus and tokenizer)."""
+    return [*downstream.MLM_SHARED, "model.position=rotary", f"data.files=[{shared / 'shared_text.jsonl'}]",
+            *downstream.CPU, f"seed={args.seed}", f"trainer.max_steps={args.steps}",
+            f"trainer.val_check_interval={max(1, args.steps // 4)}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=400, help="student steps (both students)")
@@ -170,16 +254,25 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="4 steps each: the plumbing only")
     parser.add_argument("--seed", type=int, default=1337,
                         help="--family mlm: the students' and fine-tunings' seed (init, masking, data order)")
-    parser.add_argument("--family", choices=["gpt", "mlm"], default="gpt",
-                        help="gpt: char-level GPT students (the first table); mlm: BERT students (see above)")
+    parser.add_argument("--family", choices=["gpt", "mlm", "task"], default="gpt",
+                        help="gpt: char-level GPT students (the first table); mlm: BERT students; task: "
+                             "distillation of a fine-tuned teacher's task logits (see above)")
+    parser.add_argument("--student", type=Path, default=None,
+                        help="--family task: the student's pretrained .ckpt (default: the --family mlm baseline)")
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3],
+                        help="--family task: the fine-tuning seeds, comma-separated")
     args = parser.parse_args()
-    if args.family == "mlm" and args.out == parser.get_default("out"):
-        args.out = args.out.with_name("bench_distill_mlm")
+    if args.family != "gpt" and args.out == parser.get_default("out"):
+        args.out = args.out.with_name(f"bench_distill_{args.family}")
+    if args.family == "task" and args.teacher_steps == parser.get_default("teacher_steps"):
+        args.teacher_steps = 500  # the shared MLM fine-tuned on debian_section as bench/downstream.py does
     if args.smoke:
-        args.steps, args.teacher_steps, args.out = 4, 6, args.out / "smoke"
+        args.steps, args.teacher_steps, args.seeds, args.out = 4, 6, args.seeds[:1], args.out / "smoke"
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.family == "mlm":
         return mlm_main(args)
+    if args.family == "task":
+        return task_main(args)
 
     cfg = compose(COMMON, args.out)
     cache_dir, data_dir = cfg.paths.cache_dir, cfg.paths.data_dir
