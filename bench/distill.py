@@ -35,10 +35,10 @@ validation (masked-token accuracy, loss) and the test splits.
 a debian_section teacher (the shared-text MLM teacher above fine-tuned `--teacher-steps` steps, default
 500 as bench/downstream.py fine-tunes it; reused from <out>/teacher_<steps> when there) and one BERT
 student checkpoint (`--student`, default the `--family mlm` baseline student; trained with that recipe
-when missing), fine-tuned on
-debian_section exactly as bench/downstream.py does (500 steps, lr 1e-3) with and without the teacher's
-logits (0.5 hard + 0.5 soft, T = 2), for each fine-tuning seed of `--seeds`; scores: validation loss,
-test accuracy and macro F1 of each, and their means.
+when missing), fine-tuned on debian_section as bench/downstream.py does (500 steps or
+`--finetune-steps`, lr 1e-3) with and without the teacher's logits (0.5 hard + 0.5 soft, T = 2), for
+each fine-tuning seed of `--seeds`; scores: validation loss, test accuracy and macro F1 of each, and
+their means.
 
     python bench/distill.py --family task --seeds 1,2,3   # the README's task-distillation table (~10 min)
 
@@ -204,7 +204,7 @@ def task_main(args) -> None:
             from lmpretrain.train import train
 
             train(compose_config("train", [*mlm_common(args, shared, downstream), *MLM_STUDENT], mlm_out / "baseline"))
-    n = downstream.steps(spec["steps"], scale)
+    n = downstream.steps(args.finetune_steps or spec["steps"], scale)
     task_overrides = [f"task={KD_TASK}", "trainer.accelerator=cpu", *spec["overrides"], f"trainer.max_steps={n}",
                       f"trainer.val_check_interval={max(1, n // 3)}"]
     arms = {"plain": [], "task_distilled": ["task._target_=lmpretrain.tasks.distill.DistilledClassificationModule",
@@ -261,6 +261,8 @@ def main() -> None:
                         help="--family task: the student's pretrained .ckpt (default: the --family mlm baseline)")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3],
                         help="--family task: the fine-tuning seeds, comma-separated")
+    parser.add_argument("--finetune-steps", type=int, default=None,
+                        help="--family task: the students' fine-tuning steps (default: bench/downstream.py's)")
     args = parser.parse_args()
     if args.family != "gpt" and args.out == parser.get_default("out"):
         args.out = args.out.with_name(f"bench_distill_{args.family}")
