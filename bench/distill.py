@@ -31,16 +31,17 @@ validation (masked-token accuracy, loss) and the test splits.
 
     python bench/distill.py --family mlm --steps 1000   # the README's MLM table (~20 min on 2 cores)
 
---family task: distillation at fine-tuning time (`DistilledClassificationModule`, the task logits):
-a debian_section teacher (the shared-text MLM teacher above fine-tuned `--teacher-steps` steps, default
-500 as bench/downstream.py fine-tunes it; reused from <out>/teacher_<steps> when there) and one BERT
-student checkpoint (`--student`, default the `--family mlm` baseline student; trained with that recipe
-when missing), fine-tuned on debian_section as bench/downstream.py does (500 steps or
-`--finetune-steps`, lr 1e-3) with and without the teacher's logits (0.5 hard + 0.5 soft, T = 2), for
-each fine-tuning seed of `--seeds`; scores: validation loss, test accuracy and macro F1 of each, and
-their means.
+--family task: distillation at fine-tuning time (`tasks/distill.py`, the task logits) on `--task`
+(debian_section, default, or ner_wnut): a teacher (the shared-text MLM teacher above fine-tuned on the
+task `--teacher-steps` steps, default as many as bench/downstream.py fine-tunes it; reused from
+<out>/teacher_<steps> when there) and one BERT student checkpoint (`--student`, default the
+`--family mlm` baseline student; trained with that recipe when missing), fine-tuned on the task as
+bench/downstream.py does (its steps or `--finetune-steps`, lr 1e-3) with and without the teacher's
+logits (0.5 hard + 0.5 soft, T = 2), for each fine-tuning seed of `--seeds`; scores: validation loss,
+test accuracy (NER: token accuracy) and macro F1 (NER: entity F1) of each, and their means.
 
     python bench/distill.py --family task --seeds 1,2,3   # the README's task-distillation table (~10 min)
+    python bench/distill.py --family task --task ner_wnut  # the same on NER (~12 min)
 
 --reuse takes the baseline and distilled last.ckpt from a previous run under <out> when they are there
 (their training times from <out>/results.json) instead of training them.
@@ -167,7 +168,9 @@ def mlm_main(args) -> None:
               f"{r['train_s']:.0f} |")
 
 
-KD_TASK = "debian_section"  # 58 classes: soft targets say which sections are alike
+# --family task: the task and the distilled module of each (debian_section's 58 classes: soft targets say
+# which sections are alike; NER: which tags a word might also carry)
+KD_TASKS = {"debian_section": "DistilledClassificationModule", "ner_wnut": "DistilledTokenClassificationModule"}
 
 
 def task_main(args) -> None:
@@ -180,8 +183,10 @@ def task_main(args) -> None:
 
     scale = 0.005 if args.smoke else 1.0
     shared = args.out if args.smoke else REPO / "logs" / "bench_downstream"
-    spec = downstream.TASKS[KD_TASK]
-    teacher_dir = args.out / f"teacher_{args.teacher_steps}"
+    task = args.task
+    spec = downstream.TASKS[task]
+    teacher_steps = args.teacher_steps or spec["steps"]
+    teacher_dir = args.out / f"teacher_{teacher_steps}"
     teacher = teacher_dir / "checkpoints" / "last.ckpt"
     previous = args.out / "results.json"
     previous = json.loads(previous.read_text()).get("results", {}) if previous.is_file() else {}
@@ -189,10 +194,10 @@ def task_main(args) -> None:
     shared.mkdir(parents=True, exist_ok=True)
     pretrained = downstream.pretrain("mlm_shared_rotary", shared, scale)  # also writes the shared corpus
     if args.retrain or not teacher.is_file():
-        n = args.teacher_steps
+        n = teacher_steps
         start = time.perf_counter()
         metrics = finetune(compose_config("finetune", [
-            f"task={KD_TASK}", *downstream.CPU, *spec["overrides"], f"pretrained={pretrained}",
+            f"task={task}", *downstream.CPU, *spec["overrides"], f"pretrained={pretrained}",
             f"trainer.max_steps={n}", f"trainer.val_check_interval={max(1, n // 3)}"], teacher_dir))
         results["teacher"] = {"train_s": time.perf_counter() - start,
                               **{k: float(v) for k, v in metrics.items() if k.split("/")[0] in ("val", "test")}}
@@ -205,30 +210,31 @@ def task_main(args) -> None:
 
             train(compose_config("train", [*mlm_common(args, shared, downstream), *MLM_STUDENT], mlm_out / "baseline"))
     n = downstream.steps(args.finetune_steps or spec["steps"], scale)
-    task_overrides = [f"task={KD_TASK}", "trainer.accelerator=cpu", *spec["overrides"], f"trainer.max_steps={n}",
+    task_overrides = [f"task={task}", "trainer.accelerator=cpu", *spec["overrides"], f"trainer.max_steps={n}",
                       f"trainer.val_check_interval={max(1, n // 3)}"]
-    arms = {"plain": [], "task_distilled": ["task._target_=lmpretrain.tasks.distill.DistilledClassificationModule",
+    arms = {"plain": [], "task_distilled": [f"task._target_=lmpretrain.tasks.distill.{KD_TASKS[task]}",
                                             f"+task.teacher={teacher}"]}
     for seed in args.seeds:
         for arm, extra in arms.items():
             start = time.perf_counter()
-            scores = extrinsic_scores(str(student), KD_TASK, [*task_overrides, f"seed={seed}", *extra],
+            scores = extrinsic_scores(str(student), task, [*task_overrides, f"seed={seed}", *extra],
                                       args.out / f"{arm}_seed{seed}")
             results[f"{arm}/seed{seed}"] = {"finetune_s": time.perf_counter() - start,
                                             **{k: float(v) for k, v in scores.items()}}
-    meta = {"date": date.today().isoformat(), "task": KD_TASK, "teacher": str(teacher),
-            "teacher_steps": args.teacher_steps, "student": str(student), "finetune": " ".join(task_overrides),
+    meta = {"date": date.today().isoformat(), "task": task, "teacher": str(teacher),
+            "teacher_steps": teacher_steps, "student": str(student), "finetune": " ".join(task_overrides),
             "distill": "weights hard 0.5 + soft 0.5, T=2", "seeds": args.seeds,
             "machine": f"{platform.machine()}, torch {torch.__version__}"}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     if "teacher" in results:
         t = results["teacher"]
-        print(f"\nteacher ({args.teacher_steps} steps): val loss {t['val/loss']:.3f}, test acc {t['test/acc']:.3f}, "
-              f"macro F1 {t['test/f1']:.3f}")
-    print(f"\n{meta}\n\n| fine-tuning seed | plain: val loss / test acc / macro F1 | "
-          "task-distilled: val loss / test acc / macro F1 |\n|---|---|---|")
-    keys = ("val/loss", "test/acc", "test/f1")
+    keys = ("val/loss", "test/acc", "test/f1") if task != "ner_wnut" else ("val/loss", "test/token_acc", "test/f1")
+    names = " / ".join(k.replace("/", " ").replace("f1", "F1") for k in keys)
+    if "teacher" in results:
+        t = results["teacher"]
+        print(f"\nteacher ({teacher_steps} steps): " + " / ".join(f"{t[k]:.3f}" for k in keys))
+    print(f"\n{meta}\n\n| fine-tuning seed | plain: {names} | task-distilled: {names} |\n|---|---|---|")
     rows = {arm: [[results[f"{arm}/seed{seed}"][k] for k in keys] for seed in args.seeds] for arm in arms}
     for i, seed in enumerate(args.seeds):
         print(f"| {seed} | " + " | ".join(" / ".join(f"{v:.3f}" for v in rows[arm][i]) for arm in arms) + " |")
@@ -261,13 +267,17 @@ def main() -> None:
                         help="--family task: the student's pretrained .ckpt (default: the --family mlm baseline)")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3],
                         help="--family task: the fine-tuning seeds, comma-separated")
+    parser.add_argument("--task", choices=sorted(KD_TASKS), default="debian_section",
+                        help="--family task: the task (debian_section: sequence classification; ner_wnut: tags)")
     parser.add_argument("--finetune-steps", type=int, default=None,
                         help="--family task: the students' fine-tuning steps (default: bench/downstream.py's)")
     args = parser.parse_args()
     if args.family != "gpt" and args.out == parser.get_default("out"):
         args.out = args.out.with_name(f"bench_distill_{args.family}")
     if args.family == "task" and args.teacher_steps == parser.get_default("teacher_steps"):
-        args.teacher_steps = 500  # the shared MLM fine-tuned on debian_section as bench/downstream.py does
+        args.teacher_steps = None  # the shared MLM fine-tuned on the task as bench/downstream.py does
+    if args.family == "task" and args.task != "debian_section" and args.out.name == "bench_distill_task":
+        args.out = args.out.with_name(f"bench_distill_task_{args.task}")
     if args.smoke:
         args.steps, args.teacher_steps, args.seeds, args.out = 4, 6, args.seeds[:1], args.out / "smoke"
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -344,3 +344,66 @@ def test_task_distillation_trains_a_classifier_on_a_frozen_teachers_logits(tmp_p
     wrong.connect(tokenizer_json=module.tokenizer_json)
     with pytest.raises(ConfigError, match="labels"):
         wrong.load_teacher()
+
+
+TINY_BERT = {"arch": "bert", "vocab_size": 40, "block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16,
+             "mlp_ratio": 2, "dropout": 0.0}
+
+
+def test_token_distillation_scores_the_labelled_positions_only():
+    from lmpretrain.tasks.distill import DistilledTokenClassificationModule
+
+    module = DistilledTokenClassificationModule(TINY_BERT, ["B-x", "I-x", "O"], weights={"hard": 0.3, "soft": 0.7},
+                                                temperature=2.0)
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 3, generator=g)
+    labels = torch.tensor([[-100, 0, 1, -100, 2], [-100, 2, -100, -100, -100]])
+    got = module.distillation_loss(student, teacher, labels, parts := {})
+    scored = labels != -100
+    want_hard = F.cross_entropy(student[scored], labels[scored])
+    want_soft = 4.0 * np.mean([hand_kl(s.tolist(), t.tolist(), 2.0) for s, t in zip(student[scored], teacher[scored])])
+    assert parts["hard_loss"].item() == pytest.approx(want_hard.item(), rel=1e-5)
+    assert parts["soft_loss"].item() == pytest.approx(want_soft, rel=1e-5)
+    assert got.item() == pytest.approx(0.3 * want_hard.item() + 0.7 * want_soft, rel=1e-5)
+    # what the teacher says at a special token or a later sub-word (label -100) does not count
+    moved = teacher.clone()
+    moved[~scored] += 10 * torch.randn(int((~scored).sum()), 3, generator=g)
+    assert module.distillation_loss(student, moved, labels, {}).item() == pytest.approx(got.item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="weights"):
+        DistilledTokenClassificationModule(TINY_BERT, ["O"], weights={"hard": 0.0, "soft": 0.0})
+
+
+@pytest.mark.slow  # two 4-step NER fine-tunings incl. a WordPiece tokenizer trained on WNUT (~15 s on 2 cores)
+def test_token_distillation_trains_a_tagger_on_a_frozen_teachers_logits(tmp_path):
+    from lmpretrain.finetune import build as build_task
+    from lmpretrain.tasks.distill import DistilledTokenClassificationModule
+
+    require_data("ner_wnut.train.conll")
+    common = ["debug=fast", "model.block_size=32", "data.batch_size=8", "trainer.max_steps=4",
+              "trainer.val_check_interval=4", "evaluate_test=false", "callbacks.samples=null",
+              "callbacks.curves=null", "tokenizer.vocab_size=2000"]
+    datamodule, teacher_module, trainer = build_task(make_cfg(tmp_path / "teacher", ["task=ner_wnut", *common],
+                                                              "finetune"))
+    trainer.fit(teacher_module, datamodule=datamodule)
+    teacher_ckpt = tmp_path / "teacher" / "checkpoints" / "last.ckpt"
+    overrides = ["task=ner_wnut_distill", f"task.teacher={teacher_ckpt}", "model.n_layer=1", "model.n_embd=32",
+                 "model.n_head=2", *common]
+    datamodule, module, trainer = build_task(make_cfg(tmp_path / "student", overrides, "finetune"))
+    trainer.fit(module, datamodule=datamodule)
+    assert isinstance(module, DistilledTokenClassificationModule)
+    logged = trainer.callback_metrics
+    assert float(logged["train/soft_loss"]) > 0 and torch.isfinite(logged["val/f1"])
+    teacher = module.teacher
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    saved = read_checkpoint(teacher_ckpt, "t")["state_dict"]
+    for name, value in teacher.state_dict().items():
+        torch.testing.assert_close(value.cpu(), saved[name], rtol=0, atol=0)
+    ckpt_path = tmp_path / "student" / "checkpoints" / "last.ckpt"
+    assert all(k.startswith("network.") for k in read_checkpoint(ckpt_path, "c")["state_dict"])
+    reloaded = load_module(ckpt_path)  # no teacher needed
+    assert reloaded.teacher is None and reloaded.network.config.n_embd == 32
+    # a teacher of other tags is refused
+    wrong = DistilledTokenClassificationModule(dict(module.hparams["model"]), ["B-a", "O"], teacher=str(teacher_ckpt))
+    wrong.connect(tokenizer_json=module.tokenizer_json)
+    with pytest.raises(ConfigError, match="labels"):
+        wrong.load_teacher()
