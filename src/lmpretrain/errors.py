@@ -44,11 +44,24 @@ class Preempted(LMPretrainError):
 F = TypeVar("F", bound=Callable)
 
 
+def missing_values_error(keys) -> ConfigError:
+    """Config values marked `???` (required, no default: `task.teacher` of task=spam_distill) that the
+    command did not set."""
+    keys = sorted(str(k) for k in keys) or ["a required value"]
+    one = len(keys) == 1
+    settings = " ".join(f"{k}=..." for k in keys)
+    return ConfigError(f"{', '.join(keys)} {'is' if one else 'are'} required but unset (`???` in the "
+                       f"config); set {'it' if one else 'them'} on the command line: {settings}")
+
+
 def find_user_error(e: BaseException | None) -> LMPretrainError | None:
-    """The LMPretrainError behind `e`, also when a library wrapped it (Hydra's instantiate does)."""
+    """The LMPretrainError behind `e`, also when a library wrapped it (Hydra's instantiate does). An
+    OmegaConf `???` value read before anything checked it counts as one too."""
     while e is not None:
         if isinstance(e, LMPretrainError):
             return e
+        if type(e).__name__ == "MissingMandatoryValue":  # omegaconf.errors: not imported for the name alone
+            return missing_values_error([getattr(e, "full_key", None) or "a required value"])
         e = e.__cause__ or e.__context__
     return None
 

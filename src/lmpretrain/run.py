@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tokenizers import Tokenizer
 
 from lmpretrain.atomic import remove_orphans
@@ -36,7 +36,13 @@ from lmpretrain.callbacks.wandb_run import KeepWandbRunId
 from lmpretrain.checkpoints import AtomicCheckpointIO, check_resume_fits, read_checkpoint, resolve_ckpt_path
 from lmpretrain.config import check_model_fits_data, to_dict, wandb_offline_unless_configured
 from lmpretrain.distributed import resolve_trainer_config, resolve_unused_parameters, strategy_name
-from lmpretrain.errors import ConfigError, Preempted, exit_on_user_error, find_user_error
+from lmpretrain.errors import (
+    ConfigError,
+    Preempted,
+    exit_on_user_error,
+    find_user_error,
+    missing_values_error,
+)
 from lmpretrain.loggers import WandbLogger
 from lmpretrain.module import LMModule, RuntimeOptions
 from lmpretrain.optim import check_optimizer_config
@@ -230,6 +236,8 @@ def main(run: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> floa
     sweeper, which records that job as failed and goes on with the next."""
 
     def report(cfg: DictConfig) -> float | None:
+        if missing := OmegaConf.missing_keys(cfg):  # before any work (a tokenizer trained in vain)
+            raise missing_values_error(missing)
         metrics = run(cfg)
         log.info("final metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
         return metrics.get(cfg.get("optimized_metric", "val/loss"))

@@ -39,6 +39,7 @@ def case(name, module, args, pattern, status=2, slow=True):
 
 TRAIN, FINETUNE, GENERATE, DISTRIBUTED = "lmpretrain.train", "lmpretrain.finetune", "lmpretrain.generate", \
     "lmpretrain.distributed"
+EXPORT = "lmpretrain.export"
 CASES = [  # {d}: the `inputs` folder
     case("missing_file", TRAIN, ["data.files=[{d}/missing.txt]"], r"error: corpus file \S+missing\.txt does not exist.*"),
     case("empty_file", TRAIN, ["data.files=[{d}/empty.txt]"], r"error: the corpus is empty \(\S+empty\.txt\); .*",
@@ -69,12 +70,18 @@ CASES = [  # {d}: the `inputs` folder
          r"error: pretrained=\S+sharded is a folder \(a sharded checkpoint\?\); merge it first .*"),
     case("sharded_folder_to_generate", GENERATE, ["ckpt_path={d}/sharded"],
          r"error: ckpt_path=\S+sharded is a folder \(a sharded checkpoint\?\); merge it first .*"),
+    # new: a required value (`???`) left unset: checked before any work by train/finetune, and caught
+    # where it is first read by the other entrypoints
+    case("unset_required_value", FINETUNE, ["task=spam_distill"],
+         r"error: task\.teacher is required but unset \(`\?\?\?` in the config\); set it on the command line: "
+         r"task\.teacher=\.\.\."),
+    case("unset_required_value_export", EXPORT, [], r"error: ckpt_path is required but unset .*: ckpt_path=\.\.\."),
 ]
 
 
 def run(module, args, tmp_path):
     if module != DISTRIBUTED:
-        args = [*(FAST if module != GENERATE else []), *args, f"hydra.run.dir={tmp_path}"]
+        args = [*(FAST if module in (TRAIN, FINETUNE) else []), *args, f"hydra.run.dir={tmp_path}"]
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
 
@@ -110,3 +117,23 @@ def test_huge_lr_ends_with_the_divergence_line_and_keeps_the_earlier_checkpoints
     # "at step N" counts the updates done when the loss of the next batch was NaN: last.ckpt (saved at
     # every validation) may hold those N updates; the best is from before, and nothing is from after.
     assert max(steps) <= step and min(steps) == step - 1, (steps, step)
+
+
+def test_an_unset_required_value_is_a_user_error_naming_the_key():
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    from lmpretrain.errors import ConfigError, find_user_error
+
+    cfg = OmegaConf.create({"task": {"teacher": "???", "temperature": 2.0}, "ckpt_path": "???"})
+    assert sorted(OmegaConf.missing_keys(cfg)) == ["ckpt_path", "task.teacher"]
+    with pytest.raises(MissingMandatoryValue) as missing:
+        _ = cfg.task.teacher
+    try:  # wrapped, as Hydra's instantiate wraps what a constructor raises
+        raise RuntimeError("while building the module") from missing.value
+    except RuntimeError as wrapped:
+        found = find_user_error(wrapped)
+    assert isinstance(found, ConfigError)
+    assert str(found) == ("task.teacher is required but unset (`???` in the config); set it on the command line: "
+                          "task.teacher=...")
+    assert find_user_error(RuntimeError("not a user error")) is None
