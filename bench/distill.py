@@ -34,7 +34,7 @@ validation (masked-token accuracy, loss) and the test splits.
 --family task: distillation at fine-tuning time (`tasks/distill.py`, the task logits) on `--task`
 (debian_section, default, or ner_wnut): a teacher (the shared-text MLM teacher above fine-tuned on the
 task `--teacher-steps` steps, default as many as bench/downstream.py fine-tunes it; reused from
-<out>/teacher_<steps> when there) and one BERT student checkpoint (`--student`, default the
+<out>/<task>_teacher_<steps> when there) and one BERT student checkpoint (`--student`, default the
 `--family mlm` baseline student; trained with that recipe when missing), fine-tuned on the task as
 bench/downstream.py does (its steps or `--finetune-steps`, lr 1e-3) with and without the teacher's
 logits (0.5 hard + 0.5 soft, T = 2), for each fine-tuning seed of `--seeds`; scores: validation loss,
@@ -150,10 +150,8 @@ def mlm_main(args) -> None:
                          "val/mlm_acc": metrics["val/mlm_acc"]}
         ckpt = args.out / name / "checkpoints" / "last.ckpt"
         for task in MLM_TASKS:  # the evaluate suite's extrinsic score with bench/downstream.py's task settings
-            spec = downstream.TASKS[task]
-            n = downstream.steps(spec["steps"], 0.005 if args.smoke else 1.0)
-            overrides = [f"task={task}", "trainer.accelerator=cpu", *spec["overrides"], f"seed={args.seed}",
-                         f"trainer.max_steps={n}", f"trainer.val_check_interval={max(1, n // 3)}"]
+            n = downstream.steps(downstream.TASKS[task]["steps"], 0.005 if args.smoke else 1.0)
+            overrides = [*suite_overrides(task, n, downstream), f"seed={args.seed}"]
             results[name].update(task_scores(ckpt, task, overrides, args.out / f"{task}_{name}"))
     meta = {"date": date.today().isoformat(), "student_steps": args.steps, "teacher": str(teacher),
             "student": " ".join(MLM_STUDENT), "machine": f"{platform.machine()}, torch {torch.__version__}",
@@ -179,26 +177,22 @@ def task_main(args) -> None:
     import downstream
 
     from lmpretrain.evaluate import extrinsic_scores
-    from lmpretrain.finetune import finetune
 
     scale = 0.005 if args.smoke else 1.0
     shared = args.out if args.smoke else REPO / "logs" / "bench_downstream"
     task = args.task
     spec = downstream.TASKS[task]
     teacher_steps = args.teacher_steps or spec["steps"]
-    teacher_dir = args.out / f"teacher_{teacher_steps}"
-    teacher = teacher_dir / "checkpoints" / "last.ckpt"
+    teacher_kind = f"teacher_{teacher_steps}"
+    teacher = args.out / f"{task}_{teacher_kind}" / "checkpoints" / "last.ckpt"
     previous = args.out / "results.json"
     previous = json.loads(previous.read_text()).get("results", {}) if previous.is_file() else {}
     results = {"teacher": previous["teacher"]} if "teacher" in previous else {}
     shared.mkdir(parents=True, exist_ok=True)
     pretrained = downstream.pretrain("mlm_shared_rotary", shared, scale)  # also writes the shared corpus
     if args.retrain or not teacher.is_file():
-        n = teacher_steps
         start = time.perf_counter()
-        metrics = finetune(compose_config("finetune", [
-            f"task={task}", *downstream.CPU, *spec["overrides"], f"pretrained={pretrained}",
-            f"trainer.max_steps={n}", f"trainer.val_check_interval={max(1, n // 3)}"], teacher_dir))
+        metrics = downstream.finetune_run(task, pretrained, args.out, scale, teacher_kind, n=teacher_steps)
         results["teacher"] = {"train_s": time.perf_counter() - start,
                               **{k: float(v) for k, v in metrics.items() if k.split("/")[0] in ("val", "test")}}
     student = args.student
@@ -210,8 +204,7 @@ def task_main(args) -> None:
 
             train(compose_config("train", [*mlm_common(args, shared, downstream), *MLM_STUDENT], mlm_out / "baseline"))
     n = downstream.steps(args.finetune_steps or spec["steps"], scale)
-    task_overrides = [f"task={task}", "trainer.accelerator=cpu", *spec["overrides"], f"trainer.max_steps={n}",
-                      f"trainer.val_check_interval={max(1, n // 3)}"]
+    task_overrides = suite_overrides(task, n, downstream)
     arms = {"plain": [], "task_distilled": [f"task._target_=lmpretrain.tasks.distill.{KD_TASKS[task]}",
                                             f"+task.teacher={teacher}"]}
     for seed in args.seeds:
@@ -240,6 +233,12 @@ def task_main(args) -> None:
         print(f"| {seed} | " + " | ".join(" / ".join(f"{v:.3f}" for v in rows[arm][i]) for arm in arms) + " |")
     means = {arm: [sum(col) / len(col) for col in zip(*rows[arm])] for arm in arms}
     print("| mean | " + " | ".join(" / ".join(f"{v:.3f}" for v in means[arm]) for arm in arms) + " |")
+
+
+def suite_overrides(task: str, n: int, downstream) -> list[str]:
+    """The evaluate suite's fine-tuning of `task` as bench/downstream.py runs it (lr), for `n` steps."""
+    return [f"task={task}", "trainer.accelerator=cpu", *downstream.TASKS[task]["overrides"],
+            f"trainer.max_steps={n}", f"trainer.val_check_interval={max(1, n // 3)}"]
 
 
 def mlm_common(args, shared: Path, downstream) -> list[str]:

@@ -244,10 +244,12 @@ def pretrain(name: str, out: Path, scale: float) -> Path:
 
 
 def finetune_run(task: str, ckpt: Path | None, out: Path, scale: float, kind: str,
-                 extra: list[str] = ()) -> dict[str, float]:
+                 extra: list[str] = (), n: int | None = None) -> dict[str, float]:
+    """Fine-tune `task` (from `ckpt`, or from scratch) into <out>/<task>_<kind>: the task's steps times
+    `scale`, or `n` steps."""
     from lmpretrain.finetune import finetune
 
-    spec, n = TASKS[task], steps(TASKS[task]["steps"], scale)
+    spec, n = TASKS[task], n or steps(TASKS[task]["steps"], scale)
     overrides = [f"task={task}", *CPU, *spec["overrides"], *extra, f"trainer.max_steps={n}",
                  f"trainer.val_check_interval={max(1, n // 3)}"]
     if ckpt is not None:

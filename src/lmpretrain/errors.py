@@ -47,7 +47,7 @@ F = TypeVar("F", bound=Callable)
 def missing_values_error(keys) -> ConfigError:
     """Config values marked `???` (required, no default: `task.teacher` of task=spam_distill) that the
     command did not set."""
-    keys = sorted(str(k) for k in keys) or ["a required value"]
+    keys = sorted(str(k) for k in keys)
     one = len(keys) == 1
     settings = " ".join(f"{k}=..." for k in keys)
     return ConfigError(f"{', '.join(keys)} {'is' if one else 'are'} required but unset (`???` in the "
