@@ -1,6 +1,6 @@
 """Does pretraining pay off? Classic baselines vs from-scratch vs pretrained, every task, one run.
 
-    python bench/downstream.py                       # the README table (~1 h on 2 cores)
+    python bench/downstream.py --encoder-pretrain mlm_shared_rotary --jobs 2   # the README table
     python bench/downstream.py --tasks spam,qa_wordnet --finetune-scale 2   # longer fine-tuning
     python bench/downstream.py --smoke               # a few steps each: checks the plumbing only
     python bench/downstream.py --truncation-study    # TF-IDF on whole vs cut texts (data.truncation)
@@ -257,7 +257,124 @@ def finetune_run(task: str, ckpt: Path | None, out: Path, scale: float, kind: st
     return finetune(compose_config("finetune", overrides, out / f"{task}_{kind}"))
 
 
+class Plan:
+    """Every run of the table as a job: `key` (its results.json key) -> what it runs and the jobs it
+    waits for. The same plan runs in this process one job after another (`--jobs 1`), or as
+    `--jobs N` worker processes of `python bench/downstream.py --job KEY` (see `run_jobs`)."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.scale = 0.005 if args.smoke else args.scale
+        self.ft_scale = 0.005 if args.smoke else args.finetune_scale
+
+    def pretrain_of(self, task: str) -> str:
+        name = TASKS[task]["pretrain"]
+        return self.args.encoder_pretrain if name == "mlm" else name
+
+    def pretrained_kind(self, task: str) -> str:  # the Debian-MLM runs keep their old name
+        name = self.pretrain_of(task)
+        return "pretrained" if name in ("mlm", "span") else f"pretrained_{name}"
+
+    def rotary_scratch(self, task: str) -> bool:  # a rotary encoder is compared with a rotary scratch model
+        return TASKS[task]["pretrain"] == "mlm" and self.args.encoder_pretrain.endswith("rotary")
+
+    def scratch_kind(self, task: str) -> str:
+        return "scratch_rotary" if self.rotary_scratch(task) else "scratch"
+
+    def jobs(self, tasks: list[str]) -> dict[str, tuple[tuple[str, ...], object]]:
+        """key -> (the keys it waits for, a function returning its metrics), in the sequential order:
+        per task its baseline, scratch run, pretraining (when first needed: the encoder tasks do not
+        wait for T5) and pretrained run."""
+        out, jobs = self.args.out, {}
+        for task in tasks:
+            name = self.pretrain_of(task)
+            jobs[f"{task}/baseline"] = ((), lambda task=task: baseline(task))
+            extra = ["model.position=rotary"] if self.rotary_scratch(task) else []
+            jobs[f"{task}/{self.scratch_kind(task)}"] = ((), lambda task=task, extra=extra: finetune_run(
+                task, None, out, self.ft_scale, self.scratch_kind(task), extra))
+            jobs.setdefault(f"pretrain/{name}", ((), lambda name=name: {
+                "steps": steps(PRETRAIN[name]["steps"], self.scale),
+                "ok": float(pretrain(name, out, self.scale).is_file())}))
+            jobs[f"{task}/{self.pretrained_kind(task)}"] = ((f"pretrain/{name}",), lambda task=task, name=name: (
+                finetune_run(task, pretrain(name, out, self.scale), out, self.ft_scale, self.pretrained_kind(task))))
+        return jobs
+
+    def priority(self, key: str) -> tuple:
+        """Which ready job a free worker takes first: the pretrainings (everything pretrained waits for
+        them, the longest first), then the cheap baselines, then the pretrained runs, then the scratch
+        runs, longer budgets first."""
+        group, _, kind = key.partition("/")
+        if group == "pretrain":
+            return (0, -PRETRAIN[kind]["steps"])
+        rank = 1 if kind == "baseline" else 2 if kind.startswith("pretrained") else 3
+        return (rank, -TASKS[group]["steps"])
+
+    def worker_command(self, key: str) -> list[str]:
+        a = self.args
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--job", key, "--out", str(a.out), "--scale",
+               str(a.scale), "--finetune-scale", str(a.finetune_scale), "--encoder-pretrain", a.encoder_pretrain]
+        return cmd + (["--smoke"] if a.smoke else [])
+
+
+def job_file(out: Path, key: str, suffix: str) -> Path:
+    return out / "jobs" / (key.replace("/", "__") + suffix)
+
+
+def run_jobs(jobs: dict[str, tuple[tuple[str, ...], object]], done: set[str], workers: int, command, out: Path,
+             priority, threads: int, on_result) -> list[str]:
+    """Run `jobs` (key -> (deps, _)) not in `done` as at most `workers` processes at once, each
+    `command(key)` with `threads` CPU threads (OMP_NUM_THREADS), its output in <out>/jobs/<key>.log and
+    its result in <out>/jobs/<key>.json; `on_result(key, result)` records each as it arrives. A job
+    starts when every job it waits for has succeeded, the ready one with the lowest `priority(key)`
+    first. A failed job (non-zero exit) fails the jobs that wait for it; the others still run.
+    Returns the failed keys."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    pending, running, failed = {k: d for k, (d, _) in jobs.items() if k not in done}, {}, []
+    (out / "jobs").mkdir(parents=True, exist_ok=True)
+    try:
+        while pending or running:
+            for key in [k for k, deps in pending.items() if any(d in failed for d in deps)]:
+                print(f"[downstream] {key}: skipped, it waits for a failed job", flush=True)
+                failed.append(key)
+                del pending[key]
+            ready = sorted((k for k, deps in pending.items() if all(d in done for d in deps)), key=priority)
+            for key in ready[:max(0, workers - len(running))]:
+                del pending[key]
+                job_file(out, key, ".json").unlink(missing_ok=True)  # the job's own result file, from an earlier try
+                with open(job_file(out, key, ".log"), "w") as log:
+                    running[key] = subprocess.Popen(command(key), stdout=log, stderr=subprocess.STDOUT, env=env)
+                print(f"[downstream] {key}: started (log {job_file(out, key, '.log')})", flush=True)
+            if not running:
+                if pending:  # nothing runs and nothing can start: a dependency is not in the plan
+                    failed += sorted(pending)
+                    print(f"[downstream] cannot start {sorted(pending)}: what they wait for is not planned", flush=True)
+                break
+            time.sleep(0.5)
+            for key, proc in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[key]
+                result = job_file(out, key, ".json")
+                if proc.returncode == 0 and result.is_file():
+                    done.add(key)
+                    on_result(key, json.loads(result.read_text()))
+                else:
+                    failed.append(key)
+                    tail = job_file(out, key, ".log").read_text(errors="replace").splitlines()[-5:]
+                    print(f"[downstream] {key}: failed (exit {proc.returncode}); the end of its log:\n  "
+                          + "\n  ".join(tail), flush=True)
+    finally:
+        for proc in running.values():  # interrupted: no worker outlives the scheduler
+            proc.terminate()
+    return failed
+
+
 def main() -> None:
+    import os
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated, from: " + ", ".join(TASKS))
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every pretraining step budget")
@@ -268,69 +385,76 @@ def main() -> None:
                         "text of every set, 16k WordPiece) or the same with rotary positions, where the scratch "
                         "runs get rotary positions too; results other than mlm's are kept apart")
     p.add_argument("--out", type=Path, default=REPO / "logs" / "bench_downstream")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each a worker process with cpu_count / jobs threads (2 on 2 cores: these "
+                        "small models use one core each better than two for one run)")
+    p.add_argument("--job", help=argparse.SUPPRESS)  # a worker of --jobs: run this one key, write its result
     p.add_argument("--truncation-study", action="store_true",
                    help="only print the TF-IDF baseline on whole vs cut texts (which part carries the label)")
     args = p.parse_args()
     if args.truncation_study:
         truncation_study()
         return
-    scale = 0.005 if args.smoke else args.scale
-    ft_scale = 0.005 if args.smoke else args.finetune_scale
+    if args.jobs < 1:
+        sys.exit(f"error: --jobs {args.jobs} must be at least 1")
+    args.out = args.out.resolve()  # the workers and the corpus paths in overrides must not depend on the cwd
+    plan = Plan(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         sys.exit(f"error: unknown task(s) {unknown}; pick from {list(TASKS)}")
+    if args.job:  # a worker: the plan of every task has the key
+        from lmpretrain.atomic import atomic_write_json
+
+        start = time.perf_counter()
+        metrics = plan.jobs(list(TASKS))[args.job][1]()
+        atomic_write_json(job_file(args.out, args.job, ".json"), {
+            "metrics": {k: float(v) for k, v in metrics.items()}, "seconds": time.perf_counter() - start})
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
-    def pretrain_of(task: str) -> str:
-        name = TASKS[task]["pretrain"]
-        return args.encoder_pretrain if name == "mlm" else name
-
-    def pretrained_kind(task: str) -> str:  # the Debian-MLM runs keep their old name
-        name = pretrain_of(task)
-        return "pretrained" if name in ("mlm", "span") else f"pretrained_{name}"
-
-    def rotary_scratch(task: str) -> bool:  # a rotary encoder is compared with a rotary scratch model
-        return TASKS[task]["pretrain"] == "mlm" and args.encoder_pretrain.endswith("rotary")
-
-    def scratch_kind(task: str) -> str:
-        return "scratch_rotary" if rotary_scratch(task) else "scratch"
-
-    def record(key: str, fn) -> None:
-        if key in results:
-            return
-        start = time.perf_counter()
-        metrics = fn()
-        results[key] = {"metrics": {k: float(v) for k, v in metrics.items()}, "seconds": time.perf_counter() - start}
+    def on_result(key: str, result: dict) -> None:
+        results[key] = result
         results_path.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"[downstream] {key}: {results[key]['seconds']:.0f} s", flush=True)
+        print(f"[downstream] {key}: {result['seconds']:.0f} s", flush=True)
 
-    for task in tasks:
-        record(f"{task}/baseline", lambda: baseline(task))
-        record(f"{task}/{scratch_kind(task)}", lambda: finetune_run(
-            task, None, args.out, ft_scale, scratch_kind(task), ["model.position=rotary"] if rotary_scratch(task) else []))
-        name = pretrain_of(task)  # pretrained when first needed: the encoder tasks do not wait for T5
-        record(f"pretrain/{name}", lambda: {"steps": steps(PRETRAIN[name]["steps"], scale),
-                                            "ok": float(pretrain(name, args.out, scale).is_file())})
-        ckpt = pretrain(name, args.out, scale)
-        record(f"{task}/{pretrained_kind(task)}", lambda: finetune_run(task, ckpt, args.out, ft_scale,
-                                                                       pretrained_kind(task)))
+    jobs, began = plan.jobs(tasks), time.perf_counter()
+    if args.jobs == 1:
+        for key, (_, fn) in jobs.items():
+            if key not in results:
+                start = time.perf_counter()
+                metrics = fn()
+                on_result(key, {"metrics": {k: float(v) for k, v in metrics.items()},
+                                "seconds": time.perf_counter() - start})
+    else:
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        # a pretraining whose checkpoint is gone runs again before what waits for it (one process trains it)
+        done = {k for k in results if not k.startswith("pretrain/")
+                or (args.out / f"pretrain_{k.split('/', 1)[1]}" / "checkpoints" / "last.ckpt").is_file()}
+        failed = run_jobs(jobs, done, args.jobs, plan.worker_command, args.out, plan.priority, threads,
+                          on_result)
+        if failed:
+            sys.exit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; their logs are in {args.out / 'jobs'}; "
+                     "a rerun of the same command does only what is missing")
+    wall = time.perf_counter() - began
 
-    print(f"\nfine-tuning steps per task (scale {ft_scale}): "
-          + ", ".join(f"{t} {steps(TASKS[t]['steps'], ft_scale)}" for t in tasks))
+    print(f"\nfine-tuning steps per task (scale {plan.ft_scale}): "
+          + ", ".join(f"{t} {steps(TASKS[t]['steps'], plan.ft_scale)}" for t in tasks))
     print("\n| task | metric | baseline | scratch | pretrained | pretrained / scratch | s (scratch / pretrained) |")
     print("|---|---|---|---|---|---|---|")
     for task in tasks:
         for metric in TASKS[task]["metrics"]:
-            keys = [f"{task}/{kind}" for kind in ("baseline", scratch_kind(task), pretrained_kind(task))]
+            keys = [f"{task}/{kind}" for kind in ("baseline", plan.scratch_kind(task), plan.pretrained_kind(task))]
             row = [results[k]["metrics"].get(metric, float("nan")) for k in keys]
             ratio = row[2] / row[1] if row[1] else float("inf")
             secs = f"{results[keys[1]]['seconds']:.0f} / {results[keys[2]]['seconds']:.0f}"
             print(f"| {task} | {metric} | {row[0]:.3f} | {row[1]:.3f} | {row[2]:.3f} | {ratio:.2f} | {secs} |")
-    for name in sorted({pretrain_of(t) for t in tasks}):
+    for name in sorted({plan.pretrain_of(t) for t in tasks}):
         print(f"pretraining {name}: {results[f'pretrain/{name}']['seconds']:.0f} s")
+    print(f"this invocation: {wall:.0f} s of wall time with --jobs {args.jobs} (runs already in results.json "
+          "are not rerun)")
 
 
 if __name__ == "__main__":

@@ -36,12 +36,18 @@ def test_ner_all_o_baseline_is_the_share_of_o_tags():
 
 
 @pytest.mark.slow
-def test_smoke_run_writes_every_column_for_a_task(tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_smoke_run_writes_every_column_for_a_task(tmp_path, jobs):
     """The plumbing only (a few steps each, so no quality claim): pretraining, the baseline, the
-    scratch and the pretrained runs all land in results.json and in the printed table."""
+    scratch and the pretrained runs all land in results.json and in the printed table, whether they
+    run in this process or as worker processes (`--jobs 2`, each with its own log)."""
     r = subprocess.run([sys.executable, str(REPO / "bench" / "downstream.py"), "--smoke", "--tasks", "similarity_lee",
-                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=REPO)
+                        "--out", str(tmp_path), "--jobs", str(jobs)], capture_output=True, text=True, timeout=900,
+                       cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
+    logs = {p.name for p in (tmp_path / "jobs").glob("*.log")} if jobs > 1 else set()
+    assert logs == ({"pretrain__mlm.log", "similarity_lee__baseline.log", "similarity_lee__scratch.log",
+                     "similarity_lee__pretrained.log"} if jobs > 1 else set())
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"pretrain/mlm", "similarity_lee/baseline", "similarity_lee/scratch", "similarity_lee/pretrained"} <= set(results)
     for kind in ("scratch", "pretrained"):
@@ -88,3 +94,51 @@ def test_bilingual_corpus_adds_spanish_training_verses_only_and_never_pairs_them
     held_out = {r["es"] for name in ("validation", "test")
                 for r in downstream.read_jsonl(f"translation_en_es.{name}.jsonl.gz")} - {r["es"] for r in train}
     assert len(held_out) > 1000 and not docs.intersection(held_out)
+
+
+def fake_jobs(tmp_path, fail: set[str], deps: dict[str, tuple[str, ...]]):
+    """A `command(key)` for `run_jobs` that runs no model: the job notes when it starts and ends,
+    checks that what it waits for has finished, and exits 1 if it is in `fail`."""
+    def command(key):
+        code = (
+            "import json, sys, time\n"
+            "from pathlib import Path\n"
+            f"out, key, deps, fail = Path({str(tmp_path)!r}), {key!r}, {list(deps.get(key, ()))!r}, {key in fail}\n"
+            "name = lambda k, s: out / 'jobs' / (k.replace('/', '__') + s)\n"
+            "start = time.time()\n"
+            "assert all(name(d, '.json').is_file() for d in deps), 'started before what it waits for'\n"
+            "time.sleep(0.6)\n"
+            "if fail: sys.exit(1)\n"
+            "name(key, '.json').write_text(json.dumps({'metrics': {}, 'seconds': 0.6, 'span': [start, time.time()]}))\n"
+        )
+        return [sys.executable, "-c", code]
+    return command
+
+
+def test_job_scheduler_keeps_order_and_worker_count_and_fails_only_the_dependants(tmp_path):
+    """`--jobs N`: a job starts only after every job it waits for succeeded, never more than N run at
+    once, and a failed job fails what waits for it while the other jobs still run and are recorded."""
+    deps = {"t/pretrained": ("pretrain/x",), "u/pretrained": ("pretrain/bad",), "v/pretrained": ("pretrain/x",)}
+    keys = ["pretrain/x", "pretrain/bad", "t/scratch", "u/scratch", "t/pretrained", "u/pretrained", "v/pretrained"]
+    jobs = {k: (deps.get(k, ()), None) for k in keys}
+    first = ["t/pretrained", "u/pretrained", "v/pretrained", "pretrain/x", "pretrain/bad", "t/scratch", "u/scratch"]
+    recorded = {}  # the waiting jobs come first by priority: only the dependencies hold them back
+    failed = downstream.run_jobs(jobs, set(), 2, fake_jobs(tmp_path, {"pretrain/bad"}, deps), tmp_path,
+                                 priority=first.index, threads=1, on_result=recorded.__setitem__)
+    assert sorted(failed) == ["pretrain/bad", "u/pretrained"]
+    assert set(recorded) == {"pretrain/x", "t/scratch", "u/scratch", "t/pretrained", "v/pretrained"}
+    spans = [r["span"] for r in recorded.values()]
+    busiest = max(sum(a <= t < b for a, b in spans) for t, _ in spans)
+    assert busiest == 2, spans  # two at once (the 0.5 s poll lets the 0.6 s jobs overlap), never three
+    for key in ("t/pretrained", "v/pretrained"):
+        assert recorded[key]["span"][0] >= recorded["pretrain/x"]["span"][1]
+    assert not (tmp_path / "jobs" / "u__pretrained.log").exists()  # skipped, never started
+
+
+def test_job_scheduler_skips_what_is_done(tmp_path):
+    deps = {"t/pretrained": ("pretrain/x",)}
+    jobs = {k: (deps.get(k, ()), None) for k in ("pretrain/x", "t/pretrained")}
+    recorded = {}
+    failed = downstream.run_jobs(jobs, {"pretrain/x"}, 2, fake_jobs(tmp_path, set(), {}), tmp_path,
+                                 priority=str, threads=1, on_result=recorded.__setitem__)
+    assert failed == [] and set(recorded) == {"t/pretrained"}
