@@ -142,3 +142,19 @@ def test_job_scheduler_skips_what_is_done(tmp_path):
     failed = downstream.run_jobs(jobs, {"pretrain/x"}, 2, fake_jobs(tmp_path, set(), {}), tmp_path,
                                  priority=str, threads=1, on_result=recorded.__setitem__)
     assert failed == [] and set(recorded) == {"t/pretrained"}
+
+
+def test_plan_starts_the_longest_chain_of_work_first(tmp_path):
+    """`--jobs`: a pretraining goes before the runs that wait for it, and before a long scratch run only
+    when its chain (it plus its longest dependant) is longer; the summaries' 2,000 steps are not left
+    for last behind the short classification runs."""
+    import argparse
+
+    plan = downstream.Plan(argparse.Namespace(out=tmp_path, smoke=False, scale=1.0, finetune_scale=1.0,
+                                              encoder_pretrain="mlm_shared_rotary"))
+    jobs = plan.jobs(list(downstream.TASKS))
+    order = sorted(jobs, key=plan.priority)
+    assert order[:3] == ["pretrain/mlm_shared_rotary", "pretrain/span", "debian_summary/scratch"], order[:5]
+    for key, (deps, _) in jobs.items():
+        assert all(order.index(d) < order.index(key) for d in deps), key
+    assert order.index("debian_summary/scratch") < order.index("spam/scratch_rotary")
