@@ -237,8 +237,7 @@ def task_main(args) -> None:
 
 def suite_overrides(task: str, n: int, downstream) -> list[str]:
     """The evaluate suite's fine-tuning of `task` as bench/downstream.py runs it (lr), for `n` steps."""
-    return [f"task={task}", "trainer.accelerator=cpu", *downstream.TASKS[task]["overrides"],
-            f"trainer.max_steps={n}", f"trainer.val_check_interval={max(1, n // 3)}"]
+    return ["trainer.accelerator=cpu", *downstream.task_overrides(task, n)]
 
 
 def mlm_common(args, shared: Path, downstream) -> list[str]:

@@ -87,7 +87,7 @@ TASKS = {
 
 # Seconds of one run at `--jobs 2` on the 2-core machine (2026-12-03, step scale 1): only the order in
 # which `--jobs` starts the runs depends on them. One thread per run is slower than two for one run
-# (QA 647 s vs 435, translation 538 vs 270), but two at once finish the table 1.7x sooner.
+# (QA 647 s vs 435, translation 538 vs 270), but two at once finish the table 1.85x sooner.
 SECONDS = {"baseline": 30, "spam": 110, "debian_section": 220, "ner_wnut": 135, "qa_wordnet": 670,
            "similarity_lee": 36, "translation_en_es": 540, "debian_summary": 1320,
            "mlm": 1215, "mlm_shared": 1215, "mlm_shared_rotary": 1215, "span": 330, "span_shared_es": 450}
@@ -231,10 +231,14 @@ def shared_corpus(path: Path, min_share: float = 0.02, spanish: bool = False) ->
     return written
 
 
+def pretrain_ckpt(name: str, out: Path) -> Path:
+    return out / f"pretrain_{name}" / "checkpoints" / "last.ckpt"
+
+
 def pretrain(name: str, out: Path, scale: float) -> Path:
     from lmpretrain.train import train
 
-    spec, ckpt = PRETRAIN[name], out / f"pretrain_{name}" / "checkpoints" / "last.ckpt"
+    spec, ckpt = PRETRAIN[name], pretrain_ckpt(name, out)
     if not ckpt.is_file():
         n = steps(spec["steps"], scale)
         extra = []
@@ -249,15 +253,19 @@ def pretrain(name: str, out: Path, scale: float) -> Path:
     return ckpt
 
 
+def task_overrides(task: str, n: int, extra: list[str] = ()) -> list[str]:
+    """The fine-tuning of `task` as the table runs it (its settings in TASKS) for `n` steps, validated 3 times."""
+    return [f"task={task}", *TASKS[task]["overrides"], *extra, f"trainer.max_steps={n}",
+            f"trainer.val_check_interval={max(1, n // 3)}"]
+
+
 def finetune_run(task: str, ckpt: Path | None, out: Path, scale: float, kind: str,
                  extra: list[str] = (), n: int | None = None) -> dict[str, float]:
     """Fine-tune `task` (from `ckpt`, or from scratch) into <out>/<task>_<kind>: the task's steps times
     `scale`, or `n` steps."""
     from lmpretrain.finetune import finetune
 
-    spec, n = TASKS[task], n or steps(TASKS[task]["steps"], scale)
-    overrides = [f"task={task}", *CPU, *spec["overrides"], *extra, f"trainer.max_steps={n}",
-                 f"trainer.val_check_interval={max(1, n // 3)}"]
+    overrides = [*CPU, *task_overrides(task, n or steps(TASKS[task]["steps"], scale), extra)]
     if ckpt is not None:
         overrides.append(f"pretrained={ckpt}")
     return finetune(compose_config("finetune", overrides, out / f"{task}_{kind}"))
@@ -268,10 +276,11 @@ class Plan:
     waits for. The same plan runs in this process one job after another (`--jobs 1`), or as
     `--jobs N` worker processes of `python bench/downstream.py --job KEY` (see `run_jobs`)."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, tasks: list[str]):
         self.args = args
         self.scale = 0.005 if args.smoke else args.scale
         self.ft_scale = 0.005 if args.smoke else args.finetune_scale
+        self.jobs = self.plan(tasks)
 
     def pretrain_of(self, task: str) -> str:
         name = TASKS[task]["pretrain"]
@@ -287,12 +296,11 @@ class Plan:
     def scratch_kind(self, task: str) -> str:
         return "scratch_rotary" if self.rotary_scratch(task) else "scratch"
 
-    def jobs(self, tasks: list[str]) -> dict[str, tuple[tuple[str, ...], object]]:
+    def plan(self, tasks: list[str]) -> dict[str, tuple[tuple[str, ...], object]]:
         """key -> (the keys it waits for, a function returning its metrics), in the sequential order:
         per task its baseline, scratch run, pretraining (when first needed: the encoder tasks do not
         wait for T5) and pretrained run."""
         out, jobs = self.args.out, {}
-        self.planned = jobs  # for `priority`
         for task in tasks:
             name = self.pretrain_of(task)
             jobs[f"{task}/baseline"] = ((), lambda task=task: baseline(task))
@@ -317,7 +325,7 @@ class Plan:
         """Which ready run a free worker takes first: the one with the longest chain of work still behind
         it (its own seconds plus those of the longest run that waits for it), so a pretraining starts
         before the runs that wait for it and the long fine-tunings do not end up last."""
-        waiting = [k for k, (deps, _) in self.planned.items() if key in deps]
+        waiting = [k for k, (deps, _) in self.jobs.items() if key in deps]
         return -(self.seconds(key) + max(map(self.seconds, waiting), default=0.0))
 
     def worker_command(self, key: str) -> list[str]:
@@ -325,6 +333,13 @@ class Plan:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--job", key, "--out", str(a.out), "--scale",
                str(a.scale), "--finetune-scale", str(a.finetune_scale), "--encoder-pretrain", a.encoder_pretrain]
         return cmd + (["--smoke"] if a.smoke else [])
+
+
+def timed(fn) -> dict:
+    """Run one job: its metrics as floats and its seconds, as results.json keeps them."""
+    start = time.perf_counter()
+    metrics = fn()
+    return {"metrics": {k: float(v) for k, v in metrics.items()}, "seconds": time.perf_counter() - start}
 
 
 def job_file(out: Path, key: str, suffix: str) -> Path:
@@ -409,7 +424,6 @@ def main() -> None:
     if args.jobs < 1:
         sys.exit(f"error: --jobs {args.jobs} must be at least 1")
     args.out = args.out.resolve()  # the workers and the corpus paths in overrides must not depend on the cwd
-    plan = Plan(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
@@ -417,11 +431,9 @@ def main() -> None:
     if args.job:  # a worker: the plan of every task has the key
         from lmpretrain.atomic import atomic_write_json
 
-        start = time.perf_counter()
-        metrics = plan.jobs(list(TASKS))[args.job][1]()
-        atomic_write_json(job_file(args.out, args.job, ".json"), {
-            "metrics": {k: float(v) for k, v in metrics.items()}, "seconds": time.perf_counter() - start})
+        atomic_write_json(job_file(args.out, args.job, ".json"), timed(Plan(args, list(TASKS)).jobs[args.job][1]))
         return
+    plan = Plan(args, tasks)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
@@ -431,20 +443,17 @@ def main() -> None:
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         print(f"[downstream] {key}: {result['seconds']:.0f} s", flush=True)
 
-    jobs, began = plan.jobs(tasks), time.perf_counter()
+    began = time.perf_counter()
     if args.jobs == 1:
-        for key, (_, fn) in jobs.items():
+        for key, (_, fn) in plan.jobs.items():
             if key not in results:
-                start = time.perf_counter()
-                metrics = fn()
-                on_result(key, {"metrics": {k: float(v) for k, v in metrics.items()},
-                                "seconds": time.perf_counter() - start})
+                on_result(key, timed(fn))
     else:
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         # a pretraining whose checkpoint is gone runs again before what waits for it (one process trains it)
         done = {k for k in results if not k.startswith("pretrain/")
-                or (args.out / f"pretrain_{k.split('/', 1)[1]}" / "checkpoints" / "last.ckpt").is_file()}
-        failed = run_jobs(jobs, done, args.jobs, plan.worker_command, args.out, plan.priority, threads,
+                or pretrain_ckpt(k.split("/", 1)[1], args.out).is_file()}
+        failed = run_jobs(plan.jobs, done, args.jobs, plan.worker_command, args.out, plan.priority, threads,
                           on_result)
         if failed:
             sys.exit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; their logs are in {args.out / 'jobs'}; "

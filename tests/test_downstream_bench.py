@@ -151,8 +151,8 @@ def test_plan_starts_the_longest_chain_of_work_first(tmp_path):
     import argparse
 
     plan = downstream.Plan(argparse.Namespace(out=tmp_path, smoke=False, scale=1.0, finetune_scale=1.0,
-                                              encoder_pretrain="mlm_shared_rotary"))
-    jobs = plan.jobs(list(downstream.TASKS))
+                                              encoder_pretrain="mlm_shared_rotary"), list(downstream.TASKS))
+    jobs = plan.jobs
     order = sorted(jobs, key=plan.priority)
     assert order[:3] == ["pretrain/mlm_shared_rotary", "pretrain/span", "debian_summary/scratch"], order[:5]
     for key, (deps, _) in jobs.items():
