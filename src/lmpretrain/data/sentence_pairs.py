@@ -144,6 +144,9 @@ class PairExamples(ShardedStream):
 
 class SentencePairDataModule(StreamingDataModule):
     collate_fn = staticmethod(trim_padding)
+    # SimCSE starts from an MLM encoder (Gao et al. 2021 start from BERT): `pretrained=` hands over the
+    # checkpoint's tokenizer, which must then read the pairs
+    takes_tokenizer = True
 
     def __init__(self, files: list[str], examples: str = "sop", tokenizer: dict | None = None, block_size: int = 128,
                  batch_size: int = 32, field_b: str | None = None, max_documents: int | None = None,
@@ -168,7 +171,7 @@ class SentencePairDataModule(StreamingDataModule):
     def prepare_data(self) -> None:
         if self.docs:
             return
-        source, fingerprint, self.tokenizer = self.corpus.open()
+        source, fingerprint, self.tokenizer = self.corpus.open(self.tokenizer)
         paths = source.paths
         self.ids = {}
         for role, token in self.special.items():
