@@ -280,6 +280,25 @@ def test_zero_shot_bi_encoder_from_a_simcse_checkpoint(simcse_checkpoint, tmp_pa
     assert again["test/spearman"] == pytest.approx(metrics["test/spearman"], abs=1e-6)
 
 
+def test_contrastive_pretraining_continues_from_a_checkpoint_with_its_tokenizer(simcse_checkpoint, tmp_path):
+    """SimCSE starts from a pretrained encoder (Gao et al. start from BERT): with pretrained=, the pair
+    data reads the text with the checkpoint's tokenizer, not one it would train (vocab_size=500 here
+    would give another), and training starts from the checkpoint's weights."""
+    start = torch.load(simcse_checkpoint, map_location="cpu", weights_only=True)
+    corpus = simcse_checkpoint.parents[1] / "lee_train_sentences.jsonl"
+    cfg = make_cfg(tmp_path, ["experiment=simcse_tiny", f"pretrained={simcse_checkpoint}", f"data.files=[{corpus}]",
+                              "data.field=text", "data.field_b=null", "data.val_fraction=0.2", "data.batch_size=8",
+                              "tokenizer.vocab_size=500", *FAST, "trainer.max_steps=1"])
+    r = run.build_run(cfg, "objective")
+    assert r.datamodule.tokenizer.to_str() == start["tokenizer_json"]
+    net = {k.removeprefix("network."): v for k, v in start["state_dict"].items() if k.startswith("network.")}
+    for name, value in r.module.network.state_dict().items():
+        torch.testing.assert_close(value, net[name])
+    run.fit_run(cfg, r)
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=True)["tokenizer_json"] == start["tokenizer_json"]
+
+
 def test_tfidf_cosine_baseline_on_the_test_split():
     """The baseline the models are compared with: TF-IDF cosine (scikit-learn defaults). On the
     whole file it gives Spearman 0.236 (the issue quotes 0.251 for its TF-IDF); on our 45 test
