@@ -19,6 +19,7 @@ from lmpretrain.errors import ConfigError, DataError, find_user_error
 from lmpretrain.finetune import build, finetune
 from lmpretrain.objectives import ContrastiveModule
 from lmpretrain.tasks import BiEncoderSimilarityModule, CrossEncoderRegressionModule
+from lmpretrain.tasks.base import read_pretrained
 from lmpretrain.tasks.similarity import cosent_loss
 from lmpretrain.train import train
 
@@ -284,19 +285,17 @@ def test_contrastive_pretraining_continues_from_a_checkpoint_with_its_tokenizer(
     """SimCSE starts from a pretrained encoder (Gao et al. start from BERT): with pretrained=, the pair
     data reads the text with the checkpoint's tokenizer, not one it would train (vocab_size=500 here
     would give another), and training starts from the checkpoint's weights."""
-    start = torch.load(simcse_checkpoint, map_location="cpu", weights_only=True)
+    start = read_pretrained(str(simcse_checkpoint))
     corpus = simcse_checkpoint.parents[1] / "lee_train_sentences.jsonl"
     cfg = make_cfg(tmp_path, ["experiment=simcse_tiny", f"pretrained={simcse_checkpoint}", f"data.files=[{corpus}]",
                               "data.field=text", "data.field_b=null", "data.val_fraction=0.2", "data.batch_size=8",
                               "tokenizer.vocab_size=500", *FAST, "trainer.max_steps=1"])
     r = run.build_run(cfg, "objective")
     assert r.datamodule.tokenizer.to_str() == start["tokenizer_json"]
-    net = {k.removeprefix("network."): v for k, v in start["state_dict"].items() if k.startswith("network.")}
     for name, value in r.module.network.state_dict().items():
-        torch.testing.assert_close(value, net[name])
+        torch.testing.assert_close(value, start["network"][name])
     run.fit_run(cfg, r)
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu",
-                      weights_only=True)["tokenizer_json"] == start["tokenizer_json"]
+    assert read_pretrained(str(tmp_path / "checkpoints" / "last.ckpt"))["tokenizer_json"] == start["tokenizer_json"]
 
 
 def test_tfidf_cosine_baseline_on_the_test_split():
