@@ -78,3 +78,66 @@ def test_fused_auto_on_cpu_fuses_adam_only_and_bad_names_fail():
         build_optimizer(network(), "rmsprop", fused=True)
     with pytest.raises(ConfigError, match="optimizer.name='lion' is unknown"):
         build_optimizer(network(), "lion")
+
+
+ENCODER = {"arch": "bert", "vocab_size": 11, "block_size": 8, "n_layer": 3, "n_head": 2, "n_embd": 8}
+
+
+def test_layer_decay_gives_each_block_its_rate_and_the_first_adam_step_moves_it_by_that_much():
+    """layer_decay=0.5 over 3 blocks: heads at lr, block 2 at lr/2, block 1 lr/4, block 0 lr/8, the
+    embeddings lr/16. Adam's first step moves every weight by its group's rate (|g| / (|g| + eps), eps ~ 0)."""
+    torch.manual_seed(0)
+    net = build_network(ENCODER)
+    opt = build_optimizer(net, "adamw", lr=0.1, weight_decay=0.0, layer_decay=0.5, fused=False, eps=1e-20)
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    expected = {"tok_emb.weight": 0.1 / 16, "seg_emb.weight": 0.1 / 16, "emb_norm.bias": 0.1 / 16,
+                "blocks.0.attn.q.weight": 0.1 / 8, "blocks.1.mlp.fc.weight": 0.1 / 4,
+                "blocks.2.norm2.weight": 0.1 / 2, "mlm_head.dense.weight": 0.1, "mlm_head.bias": 0.1}
+    params = dict(net.named_parameters())
+    assert set(expected) <= set(params)
+    for name, lr in expected.items():
+        assert group_of[id(params[name])]["lr"] == pytest.approx(lr), name
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    x = torch.randint(0, 11, (2, 8))
+    net.mlm_head(net.features(x)).logsumexp(-1).mean().backward()
+    opt.step()
+    for name, lr in expected.items():
+        moved = (params[name].detach() - before[name]).abs().max().item()
+        assert moved == pytest.approx(lr, rel=1e-3), name
+
+
+def test_layer_decay_keeps_weight_decay_off_norms_and_embeddings_and_scales_with_the_schedule():
+    from lmpretrain.optim import build_scheduler
+
+    net = build_network(ENCODER)
+    opt = build_optimizer(net, "adamw", lr=1e-2, weight_decay=0.1, layer_decay=0.8)
+    for g in opt.param_groups:
+        names = {n for n, p in net.named_parameters() if any(p is q for q in g["params"])}
+        decayed = {n for n in names if n.endswith("weight") and dict(net.named_parameters())[n].ndim == 2
+                   and "emb" not in n}
+        assert (g["weight_decay"] == 0.1) == bool(decayed) and (not decayed or decayed == names), names
+    scheduler = build_scheduler(opt, "linear", warmup_steps=0, max_steps=4)
+    for step in range(3):
+        for g in opt.param_groups:  # linear decay: factor 1 - step / 4, the same for every depth
+            assert g["lr"] == pytest.approx(1e-2 * 0.8 ** g["layer_depth"] * (1 - step / 4)), (step, g["layer_depth"])
+        opt.step()
+        scheduler.step()
+
+
+def test_layer_decay_on_a_tied_gpt_puts_the_head_with_the_embedding_and_refuses_an_encoder_decoder():
+    net = build_network({**TINY, "n_layer": 2, "tie_embeddings": True})
+    opt = build_optimizer(net, "adamw", lr=1.0, layer_decay=0.5)
+    (group,) = [g for g in opt.param_groups if any(p is net.tok_emb.weight for p in g["params"])]
+    assert group["lr"] == 0.125 and net.lm_head.weight is net.tok_emb.weight
+    t5 = build_network({"arch": "t5", "vocab_size": 11, "block_size": 8, "n_layer": 1, "n_head": 2, "n_embd": 8})
+    with pytest.raises(ConfigError, match="layer_decay needs a network with one stack of blocks"):
+        build_optimizer(t5, "adamw", layer_decay=0.5)
+
+
+@pytest.mark.parametrize("value", [0, 1.5, -0.1, "high"])
+def test_bad_layer_decay_is_one_clear_error(value):
+    from lmpretrain.optim import check_optimizer_config
+
+    with pytest.raises(ConfigError, match="optimizer.layer_decay"):
+        check_optimizer_config({"name": "adamw", "lr": 1e-3, "layer_decay": value})

@@ -1,8 +1,14 @@
-"""Optimizers over weight-decay parameter groups.
+"""Optimizers over weight-decay parameter groups, optionally with a learning rate per layer.
 
 Decay applies to the weight matrices of Linear layers only: biases, norm gains and embeddings
 (token and position) are left undecayed, as in BERT/GPT-2 training recipes. A tied LM head shares
 its tensor with the token embedding, so it counts as an embedding.
+
+`layer_decay` < 1 is layer-wise learning-rate decay (discriminative fine-tuning: ULMFiT, Howard &
+Ruder 2018; ELECTRA and BEiT's fine-tuning recipes): the heads and whatever sits above the last
+block train at `lr`, block i of L at `lr * layer_decay ** (L - i)`, the embeddings at
+`lr * layer_decay ** (L + 1)`. A freshly initialised task head then moves fast while the pretrained
+lower layers, which hold the most general features, move least.
 """
 
 from __future__ import annotations
@@ -15,22 +21,54 @@ from lmpretrain.errors import ConfigError
 NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm, nn.RMSNorm)
 
 
-def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+# Parameter-name prefixes of the input side of a network with one stack of `blocks` (GPT, Encoder):
+# they sit below block 0 in the layer-wise decay.
+EMBEDDING_PREFIXES = ("tok_emb.", "pos_emb.", "seg_emb.", "emb_norm.")
+
+
+def layer_depths(model: nn.Module) -> dict[int, int]:
+    """id(parameter) -> its depth from the top for `layer_decay`: 0 for the heads, the final norm and
+    any other parameter outside the stack; L - i for block i of L; L + 1 for the embeddings."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ConfigError(f"optimizer.layer_decay needs a network with one stack of blocks (GPT, BERT); "
+                          f"{type(model).__name__} has none; set optimizer.layer_decay=1.0")
+    n = len(blocks)
+    depths: dict[int, int] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if name.startswith(EMBEDDING_PREFIXES):
+            depth = n + 1
+        elif name.startswith("blocks."):
+            depth = n - int(name.split(".")[1])
+        else:
+            depth = 0
+        # a tied tensor (LM head = token embedding) takes the deepest of its names: it is the embedding
+        depths[id(p)] = max(depth, depths.get(id(p), 0))
+    return depths
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                        layer_decay: float = 1.0) -> list[dict]:
+    """The decay and no-decay groups; with `layer_decay` < 1 (and `lr`), one such pair per depth of
+    `layer_depths`, each with its own `lr` (the scheduler scales every group's rate by one factor)."""
     no_decay: set[int] = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if isinstance(module, NO_DECAY_MODULES) or name.endswith("bias") or p.ndim < 2:
                 no_decay.add(id(p))
-    decay_params, other_params, seen = [], [], set()
+    depths = layer_depths(model) if layer_decay != 1.0 else {}
+    groups: dict[tuple[int, bool], list] = {}
+    seen: set[int] = set()
     for p in model.parameters():  # parameters() de-duplicates tied tensors
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (other_params if id(p) in no_decay else decay_params).append(p)
-    return [
-        {"params": decay_params, "weight_decay": weight_decay},
-        {"params": other_params, "weight_decay": 0.0},
-    ]
+        groups.setdefault((depths.get(id(p), 0), id(p) in no_decay), []).append(p)
+    if layer_decay == 1.0:
+        return [{"params": groups.get((0, False), []), "weight_decay": weight_decay},
+                {"params": groups.get((0, True), []), "weight_decay": 0.0}]
+    return [{"params": params, "weight_decay": 0.0 if skip else weight_decay, "lr": lr * layer_decay**depth,
+             "layer_depth": depth} for (depth, skip), params in sorted(groups.items())]
 
 
 FUSED_CAPABLE = ("adamw", "adam", "sgd", "adagrad")  # torch has a fused kernel for these...
@@ -38,8 +76,10 @@ FUSED_ON_GPU = ("adamw", "adam", "sgd")  # ... and for these also on CUDA (adagr
 FUSED_ON_CPU = ("adamw", "adam")  # picked by fused=auto on CPU (measured faster than the loop)
 
 
-def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.0, **kwargs):
+def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.0,
+                    layer_decay: float = 1.0, **kwargs):
     """`name` picks the torch optimizer; remaining kwargs (betas, eps, momentum...) go to it.
+    `layer_decay`: the learning rate per layer (module docstring); 1.0 = one rate for all.
 
     `fused`: `auto` (default) uses the fused kernel where the optimizer has one for the device: every
     parameter on a GPU, or (AdamW / Adam) every parameter a plain CPU tensor, where the fused kernel
@@ -67,7 +107,7 @@ def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-3, wei
         raise ConfigError(f"optimizer.fused=true: torch has no fused {name}; set optimizer.fused=auto")
     if fused is not None:
         kwargs["fused"] = bool(fused)
-    return optimizers[name](weight_decay_groups(model, weight_decay), lr=lr, **kwargs)
+    return optimizers[name](weight_decay_groups(model, weight_decay, lr, layer_decay), lr=lr, **kwargs)
 
 
 def check_optimizer_config(cfg: dict) -> None:
@@ -75,7 +115,7 @@ def check_optimizer_config(cfg: dict) -> None:
     string where a number goes): built once on a one-weight stand-in, so every torch check runs."""
     cfg = dict(cfg)
     problems = []
-    for key in ("lr", "weight_decay"):
+    for key in ("lr", "weight_decay", "layer_decay"):
         value = cfg.get(key)
         if value is None:
             continue
@@ -85,8 +125,11 @@ def check_optimizer_config(cfg: dict) -> None:
             problems.append(f"optimizer.lr={value} must be positive, e.g. optimizer.lr=1e-3")
         elif key == "weight_decay" and value < 0:
             problems.append(f"optimizer.weight_decay={value} must be >= 0")
+        elif key == "layer_decay" and not 0 < value <= 1:
+            problems.append(f"optimizer.layer_decay={value} must be in (0, 1]; 1.0 gives every layer the same rate")
     if problems:
         raise ConfigError("; ".join(problems))
+    cfg.pop("layer_decay", None)  # checked above; the stand-in has no layers
     stand_in = nn.Module()
     stand_in.weight = nn.Parameter(torch.zeros(1, 1))  # not nn.Linear: its init would draw from the seeded RNG
     try:
