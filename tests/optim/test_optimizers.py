@@ -141,3 +141,33 @@ def test_bad_layer_decay_is_one_clear_error(value):
 
     with pytest.raises(ConfigError, match="optimizer.layer_decay"):
         check_optimizer_config({"name": "adamw", "lr": 1e-3, "layer_decay": value})
+
+
+def test_head_only_steps_trains_the_heads_first_then_every_layer_on_the_shared_schedule():
+    """head_only_steps=3: for steps 0-2 every group below the heads has lr 0 and its weights stay as
+    they are while the heads move; from step 3 on every group follows the linear schedule."""
+    from lmpretrain.optim import build_scheduler
+
+    torch.manual_seed(0)
+    net = build_network(ENCODER)
+    opt = build_optimizer(net, "adamw", lr=1e-2, weight_decay=0.1, head_only_steps=3)
+    assert {g["layer_depth"] for g in opt.param_groups} == {0, 1, 2, 3, 4}
+    scheduler = build_scheduler(opt, "linear", warmup_steps=0, max_steps=10)
+    x = torch.randint(0, 11, (2, 8))
+    start = {n: p.detach().clone() for n, p in net.named_parameters()}
+    for step in range(5):
+        for g in opt.param_groups:
+            want = 0.0 if g["layer_depth"] and step < 3 else 1e-2 * (1 - step / 10)
+            assert g["lr"] == pytest.approx(want), (step, g["layer_depth"])
+        net.mlm_head(net.features(x)).logsumexp(-1).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        scheduler.step()
+        if step == 2:
+            moved = {n for n, p in net.named_parameters() if not torch.equal(p.detach(), start[n])}
+            assert moved and all(n.startswith("mlm_head.") for n in moved), sorted(moved)
+    assert not torch.equal(net.blocks[0].attn.q.weight.detach(), start["blocks.0.attn.q.weight"])
+    with pytest.raises(ConfigError, match="optimizer.head_only_steps"):
+        from lmpretrain.optim import check_optimizer_config
+
+        check_optimizer_config({"name": "adamw", "lr": 1e-3, "head_only_steps": -1})

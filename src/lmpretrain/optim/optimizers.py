@@ -9,6 +9,11 @@ Ruder 2018; ELECTRA and BEiT's fine-tuning recipes): the heads and whatever sits
 block train at `lr`, block i of L at `lr * layer_decay ** (L - i)`, the embeddings at
 `lr * layer_decay ** (L + 1)`. A freshly initialised task head then moves fast while the pretrained
 lower layers, which hold the most general features, move least.
+
+`head_only_steps` > 0 trains only the top (depth 0: the heads) for that many steps and the rest
+from then on (linear probing, then fine-tuning: LP-FT, Kumar et al. 2022; ULMFiT's gradual
+unfreezing in one stage): a random head's first gradients then do not reach the pretrained layers.
+Each group carries `frozen_steps`, which `build_scheduler` honours.
 """
 
 from __future__ import annotations
@@ -48,15 +53,17 @@ def layer_depths(model: nn.Module) -> dict[int, int]:
 
 
 def weight_decay_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
-                        layer_decay: float = 1.0) -> list[dict]:
-    """The decay and no-decay groups; with `layer_decay` < 1 (and `lr`), one such pair per depth of
-    `layer_depths`, each with its own `lr` (the scheduler scales every group's rate by one factor)."""
+                        layer_decay: float = 1.0, head_only_steps: int = 0) -> list[dict]:
+    """The decay and no-decay groups; with `layer_decay` < 1 or `head_only_steps` > 0 (and `lr`),
+    one such pair per depth of `layer_depths`, each with its own `lr` (the scheduler scales every
+    group's rate by one factor) and `frozen_steps` (0 for the heads)."""
     no_decay: set[int] = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if isinstance(module, NO_DECAY_MODULES) or name.endswith("bias") or p.ndim < 2:
                 no_decay.add(id(p))
-    depths = layer_depths(model) if layer_decay != 1.0 else {}
+    by_depth = layer_decay != 1.0 or head_only_steps > 0
+    depths = layer_depths(model) if by_depth else {}
     groups: dict[tuple[int, bool], list] = {}
     seen: set[int] = set()
     for p in model.parameters():  # parameters() de-duplicates tied tensors
@@ -64,11 +71,12 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, lr: float | None 
             continue
         seen.add(id(p))
         groups.setdefault((depths.get(id(p), 0), id(p) in no_decay), []).append(p)
-    if layer_decay == 1.0:
+    if not by_depth:
         return [{"params": groups.get((0, False), []), "weight_decay": weight_decay},
                 {"params": groups.get((0, True), []), "weight_decay": 0.0}]
     return [{"params": params, "weight_decay": 0.0 if skip else weight_decay, "lr": lr * layer_decay**depth,
-             "layer_depth": depth} for (depth, skip), params in sorted(groups.items())]
+             "layer_depth": depth, "frozen_steps": head_only_steps if depth else 0}
+            for (depth, skip), params in sorted(groups.items())]
 
 
 FUSED_CAPABLE = ("adamw", "adam", "sgd", "adagrad")  # torch has a fused kernel for these...
@@ -77,9 +85,10 @@ FUSED_ON_CPU = ("adamw", "adam")  # picked by fused=auto on CPU (measured faster
 
 
 def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.0,
-                    layer_decay: float = 1.0, **kwargs):
+                    layer_decay: float = 1.0, head_only_steps: int = 0, **kwargs):
     """`name` picks the torch optimizer; remaining kwargs (betas, eps, momentum...) go to it.
-    `layer_decay`: the learning rate per layer (module docstring); 1.0 = one rate for all.
+    `layer_decay`: the learning rate per layer; `head_only_steps`: train only the heads first (module
+    docstring). 1.0 and 0: one rate for all from the first step.
 
     `fused`: `auto` (default) uses the fused kernel where the optimizer has one for the device: every
     parameter on a GPU, or (AdamW / Adam) every parameter a plain CPU tensor, where the fused kernel
@@ -107,7 +116,7 @@ def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-3, wei
         raise ConfigError(f"optimizer.fused=true: torch has no fused {name}; set optimizer.fused=auto")
     if fused is not None:
         kwargs["fused"] = bool(fused)
-    return optimizers[name](weight_decay_groups(model, weight_decay, lr, layer_decay), lr=lr, **kwargs)
+    return optimizers[name](weight_decay_groups(model, weight_decay, lr, layer_decay, head_only_steps), lr=lr, **kwargs)
 
 
 def check_optimizer_config(cfg: dict) -> None:
@@ -127,9 +136,13 @@ def check_optimizer_config(cfg: dict) -> None:
             problems.append(f"optimizer.weight_decay={value} must be >= 0")
         elif key == "layer_decay" and not 0 < value <= 1:
             problems.append(f"optimizer.layer_decay={value} must be in (0, 1]; 1.0 gives every layer the same rate")
+    steps = cfg.get("head_only_steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        problems.append(f"optimizer.head_only_steps={steps!r} must be a whole number >= 0 (0: train everything from the start)")
     if problems:
         raise ConfigError("; ".join(problems))
     cfg.pop("layer_decay", None)  # checked above; the stand-in has no layers
+    cfg.pop("head_only_steps", None)
     stand_in = nn.Module()
     stand_in.weight = nn.Parameter(torch.zeros(1, 1))  # not nn.Linear: its init would draw from the seeded RNG
     try:

@@ -138,8 +138,12 @@ def check_schedule(name: str, kwargs: dict) -> None:
 
 
 def build_scheduler(optimizer: Optimizer, name: str = "cosine", **kwargs) -> LambdaLR:
-    """LambdaLR whose factor is schedule(step) / base lr, per parameter group."""
+    """LambdaLR whose factor is schedule(step) / base lr, per parameter group; a group with
+    `frozen_steps` (optimizer.head_only_steps) has factor 0 before that step."""
     check_schedule(name, kwargs)
     base_lr = optimizer.defaults["lr"]
     schedule = functools.partial(SCHEDULES[name], lr=base_lr, **kwargs)
-    return LambdaLR(optimizer, lambda step: schedule(step) / base_lr)
+
+    # plain functions, not partials: LambdaLR's state_dict stores a callable object's attributes
+    return LambdaLR(optimizer, [lambda step, frozen=g.get("frozen_steps", 0): 0.0 if step < frozen
+                                else schedule(step) / base_lr for g in optimizer.param_groups])
