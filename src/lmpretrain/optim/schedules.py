@@ -144,6 +144,8 @@ def build_scheduler(optimizer: Optimizer, name: str = "cosine", **kwargs) -> Lam
     base_lr = optimizer.defaults["lr"]
     schedule = functools.partial(SCHEDULES[name], lr=base_lr, **kwargs)
 
-    # plain functions, not partials: LambdaLR's state_dict stores a callable object's attributes
-    return LambdaLR(optimizer, [lambda step, frozen=g.get("frozen_steps", 0): 0.0 if step < frozen
-                                else schedule(step) / base_lr for g in optimizer.param_groups])
+    def factor(frozen: int):
+        # a plain function, not a partial: LambdaLR's state_dict stores a callable object's attributes
+        return lambda step: 0.0 if step < frozen else schedule(step) / base_lr
+
+    return LambdaLR(optimizer, [factor(g.get("frozen_steps", 0)) for g in optimizer.param_groups])
