@@ -52,13 +52,19 @@ def test_smoke_run_writes_every_column_for_a_task(tmp_path, jobs):
     assert {"pretrain/mlm", "similarity_lee/baseline", "similarity_lee/scratch", "similarity_lee/pretrained"} <= set(results)
     for kind in ("scratch", "pretrained"):
         assert -1 <= results[f"similarity_lee/{kind}"]["metrics"]["test/spearman"] <= 1
-    assert "| similarity_lee | test/spearman | 0.406 |" in r.stdout, r.stdout[-2000:]
+    for kind in ("scratch", "pretrained"):  # the row is the mean over the 4 folds by document
+        m = results[f"similarity_lee/{kind}"]["metrics"]
+        assert m["test/spearman"] == pytest.approx(sum(m[f"test/spearman_fold{k}"] for k in range(4)) / 4)
+    assert len(list(tmp_path.glob("similarity_lee_*/fold3/checkpoints"))) == 2
+    # TF-IDF cosine, the mean of its 4 folds (0.406 on fold 0 alone: the one split the row used to show)
+    assert "| similarity_lee | test/spearman | 0.208 |" in r.stdout, r.stdout[-2000:]
 
 
 def test_shared_corpus_holds_training_text_only_and_every_domain(tmp_path):
     """The "mlm_shared" pretraining corpus reads no text a downstream task scores: no spam or QA
-    test record, no dialogue prompt or Lee document that the task presets' hash splits put in
-    validation or test. Every source is there, a small one repeated up to about `min_share`."""
+    test record, no dialogue prompt that the preset's hash split puts in validation or test, and no
+    Lee document at all (each is a test document in one of the 4 folds). Every source is there, a
+    small one repeated up to about `min_share`."""
     require_data("spam.test.jsonl.gz", "qa_wordnet.test.jsonl.gz", "dialogue_chatterbot.jsonl",
                  "similarity_lee.jsonl", "ner_wnut.train.conll")
     from lmpretrain.data.corpus import split_by_hash
@@ -72,12 +78,10 @@ def test_shared_corpus_holds_training_text_only_and_every_domain(tmp_path):
     held_out += [r["context"] for r in downstream.read_jsonl("qa_wordnet.test.jsonl.gz") if r["context"] not in train_qa]
     dialogue = downstream.read_jsonl("dialogue_chatterbot.jsonl")
     held_out += [f"{r['prompt']}\n{r['response']}" for r in dialogue if split_by_hash(r["prompt"], 0.1, 0.1) != "train"]
-    lee = {t for r in downstream.read_jsonl("similarity_lee.jsonl") for t in (r["text_a"], r["text_b"])}
-    held_out += [t for t in lee if split_by_hash(t, 0.25, 0.25) != "train"]
-    assert len(held_out) > 1000 and not docs.intersection(held_out)
-    assert any(split_by_hash(t, 0.25, 0.25) == "train" and t in docs for t in lee)
+    held_out += [t for r in downstream.read_jsonl("similarity_lee.jsonl") for t in (r["text_a"], r["text_b"])]
+    assert len(held_out) > 1000 and not docs.intersection(held_out)  # no Lee document: each is a test one in a fold
     total = sum(written.values())
-    assert set(written) == {"debian", "spam", "qa", "bible_en", "dialogue", "lee", "shakespeare", "tweets"}
+    assert set(written) == {"debian", "spam", "qa", "bible_en", "dialogue", "shakespeare", "tweets"}
     assert all(n / total > 0.6 * 0.02 for n in written.values()), written  # rounding of the repeat count
 
 
@@ -158,3 +162,29 @@ def test_plan_starts_the_longest_chain_of_work_first(tmp_path):
     for key, (deps, _) in jobs.items():
         assert all(order.index(d) < order.index(key) for d in deps), key
     assert order.index("debian_summary/scratch") < order.index("spam/scratch_rotary")
+
+
+def test_pretrained_only_settings_and_folds_reach_the_runs(tmp_path, monkeypatch):
+    """The composed configs the table's runs get: LP-FT (`pretrained_overrides`) only in the pretrained
+    NER run; similarity_lee once per fold (data.fold 0-3, each in its own folder), returned as the
+    mean over folds with each fold's headline kept."""
+    import lmpretrain.finetune
+
+    seen = []
+
+    def fake_finetune(cfg):  # records the run instead of training it
+        seen.append(cfg)
+        return {"test/spearman": 0.1 * (len(seen) % 4), "test/pearson": 0.5, "test/f1": 0.2, "test/token_acc": 0.9}
+
+    monkeypatch.setattr(lmpretrain.finetune, "finetune", fake_finetune)
+    downstream.finetune_run("ner_wnut", None, tmp_path, 1.0, "scratch")
+    downstream.finetune_run("ner_wnut", tmp_path / "pre.ckpt", tmp_path, 1.0, "pretrained")
+    assert [c.optimizer.head_only_steps for c in seen] == [0, 200]
+    assert seen[0].pretrained is None and seen[1].pretrained == str(tmp_path / "pre.ckpt")
+    seen.clear()
+    m = downstream.finetune_run("similarity_lee", None, tmp_path, 1.0, "scratch")
+    assert [c.data.fold for c in seen] == [0, 1, 2, 3]
+    assert [Path(c.paths.output_dir).name for c in seen] == ["fold0", "fold1", "fold2", "fold3"]
+    assert all(c.optimizer.head_only_steps == 0 for c in seen)
+    assert [m[f"test/spearman_fold{k}"] for k in range(4)] == pytest.approx([0.1, 0.2, 0.3, 0.0])
+    assert m["test/spearman"] == pytest.approx(0.15) and m["test/pearson"] == pytest.approx(0.5)

@@ -120,6 +120,33 @@ def test_bi_encoding_is_each_text_alone(lee_bi):
     assert batch["scores"].tolist() == pytest.approx([r["score"] for r in records])
 
 
+def test_four_folds_test_every_document_once_and_keep_each_fold_split_by_document(lee, tmp_path):
+    """data.fold=k rotates the hash range by k * test_fraction: over folds 0-3 each of the 50
+    documents is a test document exactly once and a val document once, so the mean over folds scores
+    all 4 x ~45 within-split pairs instead of one split's 45; within every fold no document crosses
+    splits. The from-scratch tokenizer of each fold is trained on that fold's training documents."""
+    records = lee_records()
+    every_doc = {t for r in records for t in (r["text_a"], r["text_b"])}
+    test_docs, val_docs, vocabularies = [], [], set()
+    for fold in range(4):
+        dm = lee if fold == 0 else datamodule(tmp_path / str(fold), f"data.fold={fold}")
+        docs = {part: {t for r in dm.split_records(part) for t in (r["text_a"], r["text_b"])} for part in SPLITS}
+        assert not docs["train"] & docs["test"] and not docs["train"] & docs["val"] and not docs["val"] & docs["test"]
+        assert dm.counts["test"] == math.comb(len(docs["test"]), 2) and dm.counts["train"] == math.comb(len(docs["train"]), 2)
+        assert set().union(*docs.values()) == every_doc
+        test_docs.append(docs["test"])
+        val_docs.append(docs["val"])
+        vocabularies.add(dm.tokenizer.get_vocab_size())
+    for per_fold in (test_docs, val_docs):
+        assert sum(len(d) for d in per_fold) == 50 and set().union(*per_fold) == every_doc  # each document once
+    assert val_docs[1] == test_docs[0] and test_docs[3] == val_docs[0]  # the range moves by one quarter a fold
+    assert len(vocabularies) > 1  # a tokenizer per fold's training documents, not fold 0's from the cache
+    for bad in ("data.fold=4", "data.fold=-1"):
+        with pytest.raises(Exception) as info:
+            datamodule(tmp_path / "bad", bad)
+        assert "data.fold" in str(find_user_error(info.value))
+
+
 def test_bad_settings_say_what_to_fix(tmp_path):
     for overrides, message in ((["data.mode=siamese"], "data.mode='siamese' must be one of"),
                                (["data.labels=[a,b]"], "similarity scores are numbers"),

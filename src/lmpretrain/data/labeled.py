@@ -187,6 +187,10 @@ class LabeledDataModule(StreamingDataModule):
     split_by: for a data set that comes as one file (`files` naming the same file for several
         splits): the field whose hash assigns each record to train, val (`val_fraction` of the hash
         range) or test (the next `test_fraction`), so equal keys (e.g. the same prompt) share a split.
+    fold: k-fold evaluation of a one-file data set: fold k rotates the hash range by k *
+        `test_fraction`, so folds 0 .. 1/test_fraction - 1 put every record in test exactly once (and
+        in val once); the mean over folds tests on the whole set, where one split's few records would
+        leave the score to chance (similarity_lee: 45 test pairs per fold).
     The tokenizer comes from the pretrained checkpoint (`connect(tokenizer=...)`), or is trained on the
     training split (`tokenizer` config) when fine-tuning from scratch.
 
@@ -220,6 +224,7 @@ class LabeledDataModule(StreamingDataModule):
         split_by: str | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
+        fold: int = 0,
     ):
         super().__init__(block_size, batch_size, num_workers, seed)
         if family not in self.families:
@@ -243,7 +248,11 @@ class LabeledDataModule(StreamingDataModule):
         self.family, self.files = family, dict(to_dict(files))
         if split_by is not None and not (0 < val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
             raise ConfigError("data.val_fraction > 0, data.test_fraction >= 0 and their sum < 1 are needed with split_by")
+        if fold and (split_by is None or not test_fraction or not 0 < fold * test_fraction < 1):
+            raise ConfigError(f"data.fold={fold}: folds rotate the split of a one-file data set; they need "
+                              "data.split_by, data.test_fraction > 0 and 0 <= fold < 1 / data.test_fraction")
         self.split_by, self.val_fraction, self.test_fraction = split_by, val_fraction, test_fraction
+        self.fold_offset = fold * test_fraction  # where the hash range starts (see split_by_hash)
         self.text_field, self.text_b_field, self.label_field = text_field, text_b_field, label_field
         self.labels = [str(x) for x in labels] if labels else None
         self.shuffle = bool(shuffle)
@@ -269,7 +278,7 @@ class LabeledDataModule(StreamingDataModule):
         """Which split a record of a one-file data set belongs to (`split_by`)."""
         if self.split_by not in record:
             raise DataError(f"a record has no field {self.split_by!r} (has {sorted(record)}); set data.split_by")
-        return split_by_hash(str(record[self.split_by]), self.val_fraction, self.test_fraction)
+        return split_by_hash(str(record[self.split_by]), self.val_fraction, self.test_fraction, self.fold_offset)
 
     def split_records(self, part: str) -> Iterator[dict]:
         return (record for _, record in self.records(part))
@@ -301,6 +310,8 @@ class LabeledDataModule(StreamingDataModule):
         """What decides the training text a from-scratch tokenizer is trained on (its cache key,
         with the file): the family, the text fields and, for one file, the split."""
         split = (self.split_by, self.val_fraction, self.test_fraction) if self.split_by else None
+        if split and self.fold_offset:  # another fold trains on other records (the old key stays for fold 0)
+            split = (*split, self.fold_offset)
         return type(self).__name__, self.family, self.text_field, self.text_b_field, split
 
     def record_texts(self, record: dict) -> list[str]:
