@@ -172,8 +172,8 @@ def baseline(task: str) -> dict[str, float]:
 
         records, folds = read_jsonl("similarity_lee.jsonl"), TASKS[task]["folds"]
         scores = []
-        for fold in range(folds):  # as data.fold=k splits: the hash range moved by k * 0.25
-            split = {t: split_by_hash(t, 0.25, 0.25, fold * 0.25) for r in records for t in (r["text_a"], r["text_b"])}
+        for fold in range(folds):  # as data.fold=k splits
+            split = {t: split_by_hash(t, 0.25, 0.25, fold) for r in records for t in (r["text_a"], r["text_b"])}
             test = [r for r in records if split[r["text_a"]] == split[r["text_b"]] == "test"]
             vec = TfidfVectorizer().fit(sorted(d for d, s in split.items() if s == "train"))  # training docs only
             a, b = vec.transform([r["text_a"] for r in test]), vec.transform([r["text_b"] for r in test])

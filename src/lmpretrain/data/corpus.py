@@ -122,11 +122,12 @@ def in_val_by_hash(text: str, val_fraction: float) -> bool:
     return hash_fraction(text) < val_fraction
 
 
-def split_by_hash(text: str, val_fraction: float, test_fraction: float = 0.0, offset: float = 0.0) -> str:
+def split_by_hash(text: str, val_fraction: float, test_fraction: float = 0.0, fold: int = 0) -> str:
     """"val", "test" or "train" for a record keyed by `text`: validation takes the first
-    `val_fraction` of the hash range (as `in_val_by_hash`), test the next `test_fraction`. `offset`
-    rotates the range first (k-fold splits: `LabeledDataModule`'s `fold`)."""
-    h = (hash_fraction(text) - offset) % 1.0
+    `val_fraction` of the hash range (as `in_val_by_hash`), test the next `test_fraction`. Fold k
+    rotates the range by k * `test_fraction` first, so folds 0 .. 1/test_fraction - 1 make every
+    record a test record once (k-fold splits: `LabeledDataModule`'s `fold`)."""
+    h = (hash_fraction(text) - fold * test_fraction) % 1.0
     return "val" if h < val_fraction else "test" if h < val_fraction + test_fraction else "train"
 
 

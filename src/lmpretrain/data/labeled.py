@@ -252,7 +252,7 @@ class LabeledDataModule(StreamingDataModule):
             raise ConfigError(f"data.fold={fold}: folds rotate the split of a one-file data set; they need "
                               "data.split_by, data.test_fraction > 0 and 0 <= fold < 1 / data.test_fraction")
         self.split_by, self.val_fraction, self.test_fraction = split_by, val_fraction, test_fraction
-        self.fold_offset = fold * test_fraction  # where the hash range starts (see split_by_hash)
+        self.fold = fold  # rotates the hash range (see split_by_hash)
         self.text_field, self.text_b_field, self.label_field = text_field, text_b_field, label_field
         self.labels = [str(x) for x in labels] if labels else None
         self.shuffle = bool(shuffle)
@@ -278,7 +278,7 @@ class LabeledDataModule(StreamingDataModule):
         """Which split a record of a one-file data set belongs to (`split_by`)."""
         if self.split_by not in record:
             raise DataError(f"a record has no field {self.split_by!r} (has {sorted(record)}); set data.split_by")
-        return split_by_hash(str(record[self.split_by]), self.val_fraction, self.test_fraction, self.fold_offset)
+        return split_by_hash(str(record[self.split_by]), self.val_fraction, self.test_fraction, self.fold)
 
     def split_records(self, part: str) -> Iterator[dict]:
         return (record for _, record in self.records(part))
@@ -310,8 +310,8 @@ class LabeledDataModule(StreamingDataModule):
         """What decides the training text a from-scratch tokenizer is trained on (its cache key,
         with the file): the family, the text fields and, for one file, the split."""
         split = (self.split_by, self.val_fraction, self.test_fraction) if self.split_by else None
-        if split and self.fold_offset:  # another fold trains on other records (the old key stays for fold 0)
-            split = (*split, self.fold_offset)
+        if split and self.fold:  # another fold trains on other records (the old key stays for fold 0)
+            split = (*split, self.fold)
         return type(self).__name__, self.family, self.text_field, self.text_b_field, split
 
     def record_texts(self, record: dict) -> list[str]:

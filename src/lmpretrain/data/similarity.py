@@ -109,7 +109,7 @@ class PairSimilarityDataModule(LabeledDataModule):
         for field in self.split_by:
             if field not in record:
                 raise DataError(f"a record has no field {field!r} (has {sorted(record)}); set data.split_by")
-            parts.add(split_by_hash(str(record[field]), self.val_fraction, self.test_fraction, self.fold_offset))
+            parts.add(split_by_hash(str(record[field]), self.val_fraction, self.test_fraction, self.fold))
         return parts.pop() if len(parts) == 1 else None
 
     # -- records ---------------------------------------------------------------------------------
