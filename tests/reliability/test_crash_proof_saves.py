@@ -75,10 +75,31 @@ def test_kill_9_at_random_moments_leaves_last_ckpt_loadable(run_folder):
     print(f"{mid_write} of 4 kills landed mid-write")
 
 
+def kill_mid_write(folder: Path, how: str) -> list[Path]:
+    """Kill -9 a saver that stopped half-way through writing its second save (save_loop.py's
+    `stall`): last.ckpt must still be the first save, whole; returns what the cleanup removed."""
+    child = subprocess.Popen([sys.executable, str(HERE / "save_loop.py"), str(folder), "4000000", how, "stall"],
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert child.stdout.readline().strip() == "1"
+    assert child.stdout.readline().strip() == "mid", "the second save never started writing"
+    child.kill()
+    child.wait()
+    ckpt = torch.load(folder / "last.ckpt", weights_only=True)
+    assert ckpt["n"] == 1 and all(torch.equal(t, torch.ones_like(t)) for t in ckpt["state_dict"].values())
+    removed = remove_orphans(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
+    return removed
+
+
 @pytest.mark.slow
 def test_kill_9_during_plugin_saves_many_times(run_folder):
-    """The same with the Trainer's AtomicCheckpointIO itself, 12 kills; at least one lands mid-write."""
-    assert kill_during_saves(run_folder, kills=12, how="plugin", seed=1) >= 1
+    """The same with the Trainer's AtomicCheckpointIO itself: 12 kills at random moments (some may
+    land between writes), then one that lands mid-write for certain and leaves a half-written
+    temp file, which the next run's cleanup removes."""
+    mid_write = kill_during_saves(run_folder, kills=12, how="plugin", seed=1)
+    print(f"{mid_write} of 12 random kills landed mid-write")
+    removed = kill_mid_write(run_folder, how="plugin")
+    assert len(removed) == 1 and removed[0].name.startswith(".last.ckpt.") and removed[0].name.endswith(TMP_SUFFIX)
 
 
 def test_disk_full_is_one_error_and_keeps_the_previous_file(tmp_path, monkeypatch):
