@@ -31,6 +31,10 @@ validation (masked-token accuracy, loss) and the test splits.
 
     python bench/distill.py --family mlm --steps 1000   # the README's MLM table (~20 min on 2 cores)
 
+`--teacher CKPT --corpus TEXT.jsonl` distills another MLM teacher (e.g. the same recipe trained 8,000
+steps) into the same students, which pretrain on TEXT, the teacher's corpus, so that both share its
+tokenizer; `--tasks debian_section,ner_wnut,qa_wordnet` picks the scores.
+
 --family task: distillation at fine-tuning time (`tasks/distill.py`, the task logits) on `--task`
 (debian_section, default, or ner_wnut): a teacher (the shared-text MLM teacher above fine-tuned on the
 task `--teacher-steps` steps, default as many as bench/downstream.py fine-tunes it; reused from
@@ -129,6 +133,10 @@ def task_scores(ckpt: Path, task: str, overrides: list[str], out: Path) -> dict[
 
 MLM_STUDENT = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2"]
 MLM_TASKS = ("debian_section", "ner_wnut")
+# the test metrics each --family mlm task reports (keys under test/, and their column names)
+TASK_COLUMNS = {"debian_section": (("acc", "f1"), ("acc", "macro F1")),
+                "ner_wnut": (("f1", "token_acc"), ("entity F1", "token acc")),
+                "qa_wordnet": (("exact_match", "f1"), ("EM", "F1"))}
 
 
 def mlm_main(args) -> None:
@@ -140,7 +148,10 @@ def mlm_main(args) -> None:
 
     shared = args.out if args.smoke else REPO / "logs" / "bench_downstream"  # where the teacher is (made)
     shared.mkdir(parents=True, exist_ok=True)
-    teacher = downstream.pretrain("mlm_shared_rotary", shared, 0.005 if args.smoke else 1.0)
+    if args.teacher is None:
+        teacher = downstream.pretrain("mlm_shared_rotary", shared, 0.005 if args.smoke else 1.0)
+    else:  # a teacher of the same recipe trained longer: the students read the corpus it read (its tokenizer)
+        teacher = args.teacher
     common = mlm_common(args, shared, downstream)
     results = {}
     for name, extra in (("baseline", []), ("distilled", ["objective=distill", f"objective.teacher={teacher}"])):
@@ -149,20 +160,21 @@ def mlm_main(args) -> None:
         results[name] = {"train_s": time.perf_counter() - start, "val/loss": metrics["val/loss"],
                          "val/mlm_acc": metrics["val/mlm_acc"]}
         ckpt = args.out / name / "checkpoints" / "last.ckpt"
-        for task in MLM_TASKS:  # the evaluate suite's extrinsic score with bench/downstream.py's task settings
+        for task in args.tasks:  # the evaluate suite's extrinsic score with bench/downstream.py's task settings
             n = downstream.steps(downstream.TASKS[task]["steps"], 0.005 if args.smoke else 1.0)
             overrides = [*suite_overrides(task, n, downstream), f"seed={args.seed}"]
             results[name].update(task_scores(ckpt, task, overrides, args.out / f"{task}_{name}"))
     meta = {"date": date.today().isoformat(), "student_steps": args.steps, "teacher": str(teacher),
             "student": " ".join(MLM_STUDENT), "machine": f"{platform.machine()}, torch {torch.__version__}",
-            "distill": "weights hard 0.5 + soft 0.5, T=2", "seed": args.seed}
+            "distill": "weights hard 0.5 + soft 0.5, T=2", "seed": args.seed, "corpus": str(corpus_of(args, shared))}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    print(f"\n{meta}\n\n| student | MLM steps | val masked acc | val loss | debian_section acc / macro F1 | "
-          "ner_wnut entity F1 / token acc | pretrain s |\n|---|---:|---:|---:|---|---|---:|")
+    print(f"\n{meta}\n\n| student | MLM steps | val masked acc | val loss | "
+          + " | ".join(f"{task} {' / '.join(TASK_COLUMNS[task][1])}" for task in args.tasks)
+          + " | pretrain s |\n|---|---:|---:|---:|" + "---|" * len(args.tasks) + "---:|")
     for name, r in results.items():
-        print(f"| {name} | {args.steps} | {r['val/mlm_acc']:.4f} | {r['val/loss']:.4f} | "
-              f"{r.get('debian_section/test/acc', float('nan')):.3f} / {r.get('debian_section/test/f1', float('nan')):.3f} | "
-              f"{r.get('ner_wnut/test/f1', float('nan')):.3f} / {r.get('ner_wnut/test/token_acc', float('nan')):.3f} | "
+        cells = [" / ".join(f"{r.get(f'{task}/test/{k}', float('nan')):.3f}" for k in TASK_COLUMNS[task][0])
+                 for task in args.tasks]
+        print(f"| {name} | {args.steps} | {r['val/mlm_acc']:.4f} | {r['val/loss']:.4f} | {' | '.join(cells)} | "
               f"{r['train_s']:.0f} |")
 
 
@@ -242,9 +254,14 @@ def suite_overrides(task: str, n: int, downstream) -> list[str]:
 
 def mlm_common(args, shared: Path, downstream) -> list[str]:
     """The BERT students' MLM pretraining overrides (both students; the teacher's corpus and tokenizer)."""
-    return [*downstream.MLM_SHARED, "model.position=rotary", f"data.files=[{shared / 'shared_text.jsonl'}]",
+    return [*downstream.MLM_SHARED, "model.position=rotary", f"data.files=[{corpus_of(args, shared)}]",
             *downstream.CPU, f"seed={args.seed}", f"trainer.max_steps={args.steps}",
             f"trainer.val_check_interval={max(1, args.steps // 4)}"]
+
+
+def corpus_of(args, shared: Path) -> Path:
+    """The text the BERT students pretrain on: --corpus, else bench/downstream.py's shared corpus."""
+    return getattr(args, "corpus", None) or shared / "shared_text.jsonl"
 
 
 def main() -> None:
@@ -267,9 +284,21 @@ def main() -> None:
                         help="--family task: the fine-tuning seeds, comma-separated")
     parser.add_argument("--task", choices=sorted(KD_TASKS), default="debian_section",
                         help="--family task: the task (debian_section: sequence classification; ner_wnut: tags)")
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="--family mlm: the teacher's .ckpt (default: bench/downstream.py's shared-text MLM, "
+                             "2,000 steps); give --corpus too when it read another text")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="--family mlm: the students' pretraining text, the teacher's (a .jsonl with a "
+                             "'text' field; default: bench/downstream.py's shared corpus)")
+    parser.add_argument("--tasks", type=lambda s: s.split(","), default=list(MLM_TASKS),
+                        help=f"--family mlm: the tasks that score the students, comma-separated, of "
+                             f"{', '.join(TASK_COLUMNS)} (default: {','.join(MLM_TASKS)})")
     parser.add_argument("--finetune-steps", type=int, default=None,
                         help="--family task: the students' fine-tuning steps (default: bench/downstream.py's)")
     args = parser.parse_args()
+    args.corpus = args.corpus and args.corpus.resolve()  # data.files resolves a relative path in the data folder
+    if unknown := [t for t in args.tasks if t not in TASK_COLUMNS]:
+        parser.error(f"--tasks: {', '.join(unknown)} is not one of {', '.join(TASK_COLUMNS)}")
     if args.family != "gpt" and args.out == parser.get_default("out"):
         args.out = args.out.with_name(f"bench_distill_{args.family}")
     if args.family == "task" and args.teacher_steps == parser.get_default("teacher_steps"):
