@@ -66,6 +66,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 import torch
 
+from lmpretrain.checkpoints import read_checkpoint  # noqa: E402
 from lmpretrain.config import compose_config  # noqa: E402
 
 BLOCK, BATCH = 32, 16  # 512 tokens a step: what the loaded 2-core CPU this was measured on allows
@@ -153,10 +154,19 @@ def mlm_main(args) -> None:
     else:  # a teacher of the same recipe trained longer: the students read the corpus it read (its tokenizer)
         teacher = args.teacher
     common = mlm_common(args, shared, downstream)
+    student, arms = MLM_STUDENT, {"baseline": [], "distilled": ["objective=distill", f"objective.teacher={teacher}"]}
+    if args.init_from_teacher:  # DistilBERT: the teacher's width, half its blocks, started from its weights
+        shape = read_checkpoint(teacher, "--teacher")["hyper_parameters"]["model"]
+        student = [f"model.n_layer={max(1, shape['n_layer'] // 2)}", f"model.n_embd={shape['n_embd']}",
+                   f"model.n_head={shape['n_head']}"]
+        arms = {"baseline": [], "distilled": [*arms["distilled"], "objective.init_from_teacher=true"],
+                # the initialisation alone: the teacher's weights, the student's own loss only
+                "init_only": [*arms["distilled"], "objective.init_from_teacher=true", "objective.weights.hard=1.0",
+                              "objective.weights.soft=0.0"]}
     results = {}
-    for name, extra in (("baseline", []), ("distilled", ["objective=distill", f"objective.teacher={teacher}"])):
+    for name, extra in arms.items():
         start = time.perf_counter()
-        metrics = train(compose_config("train", [*common, *MLM_STUDENT, *extra], args.out / name))
+        metrics = train(compose_config("train", [*common, *student, *extra], args.out / name))
         results[name] = {"train_s": time.perf_counter() - start, "val/loss": metrics["val/loss"],
                          "val/mlm_acc": metrics["val/mlm_acc"]}
         ckpt = args.out / name / "checkpoints" / "last.ckpt"
@@ -165,7 +175,7 @@ def mlm_main(args) -> None:
             overrides = [*suite_overrides(task, n, downstream), f"seed={args.seed}"]
             results[name].update(task_scores(ckpt, task, overrides, args.out / f"{task}_{name}"))
     meta = {"date": date.today().isoformat(), "student_steps": args.steps, "teacher": str(teacher),
-            "student": " ".join(MLM_STUDENT), "machine": f"{platform.machine()}, torch {torch.__version__}",
+            "student": " ".join(student), "machine": f"{platform.machine()}, torch {torch.__version__}",
             "distill": "weights hard 0.5 + soft 0.5, T=2", "seed": args.seed, "corpus": str(corpus_of(args, shared))}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(f"\n{meta}\n\n| student | MLM steps | val masked acc | val loss | "
@@ -290,6 +300,10 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=None,
                         help="--family mlm: the students' pretraining text, the teacher's (a .jsonl with a "
                              "'text' field; default: bench/downstream.py's shared corpus)")
+    parser.add_argument("--init-from-teacher", action="store_true",
+                        help="--family mlm: students of the teacher's width with half its blocks; the distilled "
+                             "one starts from the teacher's weights (DistilBERT), and a third, init_only, starts "
+                             "there and trains on its own loss")
     parser.add_argument("--tasks", type=lambda s: s.split(","), default=list(MLM_TASKS),
                         help=f"--family mlm: the tasks that score the students, comma-separated, of "
                              f"{', '.join(TASK_COLUMNS)} (default: {','.join(MLM_TASKS)})")

@@ -6,6 +6,8 @@
                         student's passed through a learned projection when the widths differ.
   attention_loss        MiniLM (Wang et al. 2020): KL(teacher || student) of each query's attention
                         distribution, per head when the head counts match, else of the head mean.
+  init_from_teacher     DistilBERT (Sanh et al. 2019): start a student of the teacher's width from the
+                        teacher's weights, block i from the teacher block the layer map pairs it with.
 
 Layers are numbered like hidden states: 0 is the embedding output (the first block's input), i >= 1
 the output of block i (and, for attention, block i's self-attention). A layer map is a list of
@@ -20,6 +22,7 @@ No Lightning or Hydra in here.
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 
 import torch
@@ -55,6 +58,39 @@ def uniform_layer_map(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
     """Student block i -> teacher block i * n_teacher // n_student, for i = 1..n_student (the last
     student layer always meets the last teacher layer)."""
     return [(i, i * n_teacher // n_student) for i in range(1, n_student + 1)]
+
+
+BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+@torch.no_grad()
+def init_from_teacher(student: nn.Module, teacher: nn.Module, pairs: list[tuple[int, int]]) -> list[str]:
+    """Copy the teacher's weights into a student of the same width (DistilBERT's initialisation, which
+    takes one teacher layer of two): every tensor outside the blocks (embeddings, norms, heads) from
+    the teacher's tensor of the same name, student block i (1-based) from teacher block j for each
+    (i, j) in `pairs` with i, j >= 1. A student block no pair names keeps its own initialisation.
+    Returns the student keys copied; one ConfigError when a tensor is missing or shaped otherwise."""
+    ours, theirs = getattr(student, "config", None), getattr(teacher, "config", None)
+    if ours is not None and theirs is not None and ours.n_head != theirs.n_head:  # same shapes, other heads
+        raise ConfigError(f"objective.init_from_teacher: the student has {ours.n_head} heads, the teacher "
+                          f"{theirs.n_head}; set model.n_head={theirs.n_head} or objective.init_from_teacher=false")
+    source = teacher.state_dict()
+    blocks = {i: j for i, j in pairs if i >= 1 and j >= 1}
+    copied = []
+    for key, tensor in student.state_dict().items():
+        m = BLOCK_KEY.match(key)
+        if m and int(m[1]) + 1 not in blocks:
+            continue
+        theirs = f"blocks.{blocks[int(m[1]) + 1] - 1}.{m[2]}" if m else key
+        if theirs not in source or source[theirs].shape != tensor.shape:
+            found = tuple(source[theirs].shape) if theirs in source else "nothing"
+            raise ConfigError(f"objective.init_from_teacher: the student's {key} {tuple(tensor.shape)} has "
+                              f"{found} to start from in the teacher ({theirs}); the student needs the teacher's "
+                              f"width, heads and positions (model.n_embd, model.n_head, model.position): set them "
+                              f"as the teacher's or objective.init_from_teacher=false")
+        tensor.copy_(source[theirs])  # state_dict tensors share the parameters' storage
+        copied.append(key)
+    return copied
 
 
 def check_layer_map(layer_map, n_student: int, n_teacher: int, key: str = "objective.layer_map") -> list[tuple[int, int]]:

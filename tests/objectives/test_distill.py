@@ -383,3 +383,39 @@ def test_token_distillation_scores_the_labelled_positions_only():
     assert module.distillation_loss(student, moved, labels, {}).item() == pytest.approx(got.item(), rel=1e-6)
     with pytest.raises(ConfigError, match="weights"):
         DistilledTokenClassificationModule(TINY_BERT, ["O"], weights={"hard": 0.0, "soft": 0.0})
+
+
+def test_init_from_teacher_copies_the_paired_blocks_and_everything_around_them(tmp_path, teacher_ckpt):
+    """DistilBERT's initialisation: a 2-block student of the 3-block teacher's width starts with the
+    teacher's embeddings, final norm and head, block 1 from teacher block 1 and block 2 from teacher
+    block 3 (the uniform map), so its first loss is the teacher's neighbourhood, not ln(vocab)."""
+    teacher = {k[len("network."):]: v for k, v in read_checkpoint(teacher_ckpt, "t")["state_dict"].items()}
+    wide = ["model.n_layer=2", "model.n_embd=96", "model.n_head=4"]
+    first_losses = {}
+    for init in (True, False):
+        cfg = make_cfg(tmp_path / str(init), short(2, "objective=distill", f"objective.teacher={teacher_ckpt}", *wide,
+                                                   f"objective.init_from_teacher={str(init).lower()}"))
+        datamodule, module, trainer = build(cfg)
+        module.setup("fit")
+        student = module.network.state_dict()
+        copied = {k: v for k, v in student.items() if torch.equal(v, teacher[k.replace("blocks.1.", "blocks.2.")])}
+        if init:
+            assert module.distill.resolve_layer_map({"n_layer": 2}, {"n_layer": 3}) == [(1, 1), (2, 3)]
+            assert set(copied) == set(student), sorted(set(student) - set(copied))[:3]
+            assert not torch.equal(student["blocks.1.attn.q.weight"], teacher["blocks.1.attn.q.weight"])
+        else:
+            assert not any(k.startswith("blocks.") or k.endswith("emb.weight") for k in copied), sorted(copied)
+        watch = Watch()
+        trainer.callbacks.append(watch)
+        trainer.fit(module, datamodule=datamodule)
+        first_losses[init] = watch.losses[0]
+    print(first_losses)
+    assert first_losses[True] < first_losses[False] - 0.3, first_losses
+    # a student of another width or head count cannot start from the teacher: one line each
+    vocab = load_module(teacher_ckpt).network.config.vocab_size
+    for shape, match in (({"n_embd": 16, "n_head": 4}, r"needs the teacher.s width"),
+                         ({"n_embd": 96, "n_head": 2}, "the student has 2 heads, the teacher 4")):
+        module = DistillModule({**gpt(vocab), **shape}, teacher=str(teacher_ckpt), init_from_teacher=True)
+        with pytest.raises(ConfigError, match=match) as e:
+            module.setup("fit")
+        assert "\n" not in str(e.value)

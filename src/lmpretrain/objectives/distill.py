@@ -40,6 +40,7 @@ from lmpretrain.distill import (
     attention_mask_of,
     check_layer_map,
     hidden_state_loss,
+    init_from_teacher,
     soft_target_loss,
     uniform_layer_map,
 )
@@ -109,6 +110,11 @@ class DistillLoss(Loss):
     def uses_layers(self) -> bool:
         return self.weights.hidden > 0 or self.weights.attention > 0
 
+    def resolve_layer_map(self, student: dict, teacher: dict) -> list[tuple[int, int]]:
+        """`layer_map` as checked (student, teacher) pairs; null: the uniform map."""
+        return check_layer_map(self.layer_map or uniform_layer_map(student["n_layer"], teacher["n_layer"]),
+                               student["n_layer"], teacher["n_layer"])
+
     def build(self, student: dict, teacher: dict, seed: int = 0) -> None:
         """Resolve the layer map and create the projections; `student`/`teacher`: model config dicts.
 
@@ -118,8 +124,7 @@ class DistillLoss(Loss):
         makes equal across ranks."""
         if not self.uses_layers():
             return
-        self.pairs = check_layer_map(self.layer_map or uniform_layer_map(student["n_layer"], teacher["n_layer"]),
-                                     student["n_layer"], teacher["n_layer"])
+        self.pairs = self.resolve_layer_map(student, teacher)
         if self.weights.hidden > 0 and self.projection is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
@@ -162,8 +167,9 @@ class DistillLoss(Loss):
         hard = F.cross_entropy(logits.float(), targets) if len(targets) else logits.sum() * 0.0
         out = {"hard_loss": hard}
         loss = self.weights.hard * hard
-        with torch.no_grad(), teacher_cap.recording() if teacher_cap else _nothing():
-            teacher_logits = network_outputs(self.teacher, inputs, batch, selected)
+        if self.weights.soft > 0 or teacher_cap:  # soft = 0 and no layer terms: the teacher has nothing to say
+            with torch.no_grad(), teacher_cap.recording() if teacher_cap else _nothing():
+                teacher_logits = network_outputs(self.teacher, inputs, batch, selected)
         if self.weights.soft > 0:
             out["soft_loss"] = soft_target_loss(logits, teacher_logits, self.temperature)
             loss = loss + self.weights.soft * out["soft_loss"]
@@ -209,8 +215,8 @@ class DistillModule(PretrainModule):
 
     def __init__(self, model: dict, teacher: str | None = None, temperature: float = 2.0,
                  weights: dict | None = None, layer_map: list | None = None, masking: dict | None = None,
-                 mask_token: str = "[MASK]", teacher_model: dict | None = None, optimizer: dict | None = None,
-                 scheduler: dict | None = None, seed: int = 0):
+                 mask_token: str = "[MASK]", init_from_teacher: bool = False, teacher_model: dict | None = None,
+                 optimizer: dict | None = None, scheduler: dict | None = None, seed: int = 0):
         super().__init__(model, optimizer, scheduler, seed)
         self.save_hyperparameters()
         if not isinstance(self.network, (GPT, Encoder)):
@@ -236,7 +242,12 @@ class DistillModule(PretrainModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.distill.teacher is None:
-            self.load_teacher()
+            teacher = self.load_teacher()
+            if self.hparams.get("init_from_teacher"):
+                # Before any sharding or wrapping, on every rank alike; a resumed run then loads its
+                # checkpoint over these weights, so only a fresh run starts from the teacher's.
+                pairs = self.distill.resolve_layer_map(self.student_shape(), self.hparams["teacher_model"])
+                init_from_teacher(self.network, teacher, pairs)
 
     def load_teacher(self) -> nn.Module:
         """Load, check and freeze the teacher (also called by `setup("fit")`); one ConfigError for a
