@@ -70,10 +70,12 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, pairs: list[tuple[
     the teacher's tensor of the same name, student block i (1-based) from teacher block j for each
     (i, j) in `pairs` with i, j >= 1. A student block no pair names keeps its own initialisation.
     Returns the student keys copied; one ConfigError when a tensor is missing or shaped otherwise."""
-    ours, theirs = getattr(student, "config", None), getattr(teacher, "config", None)
-    if ours is not None and theirs is not None and ours.n_head != theirs.n_head:  # same shapes, other heads
-        raise ConfigError(f"objective.init_from_teacher: the student has {ours.n_head} heads, the teacher "
-                          f"{theirs.n_head}; set model.n_head={theirs.n_head} or objective.init_from_teacher=false")
+    student_cfg, teacher_cfg = getattr(student, "config", None), getattr(teacher, "config", None)
+    if student_cfg is not None and teacher_cfg is not None and student_cfg.n_head != teacher_cfg.n_head:
+        # same tensor shapes, other heads: the copied q/k/v would be split differently
+        raise ConfigError(f"objective.init_from_teacher: the student has {student_cfg.n_head} heads, the teacher "
+                          f"{teacher_cfg.n_head}; set model.n_head={teacher_cfg.n_head} or "
+                          f"objective.init_from_teacher=false")
     source = teacher.state_dict()
     blocks = {i: j for i, j in pairs if i >= 1 and j >= 1}
     copied = []
