@@ -156,7 +156,7 @@ def mlm_main(args) -> None:
     common = mlm_common(args, shared, downstream)
     student, arms = MLM_STUDENT, {"baseline": [], "distilled": ["objective=distill", f"objective.teacher={teacher}"]}
     if args.init_from_teacher:  # DistilBERT: the teacher's width, half its blocks, started from its weights
-        shape = read_checkpoint(teacher, "--teacher")["hyper_parameters"]["model"]
+        shape = read_checkpoint(teacher, "--teacher", mmap=True)["hyper_parameters"]["model"]  # its shape only
         student = [f"model.n_layer={max(1, shape['n_layer'] // 2)}", f"model.n_embd={shape['n_embd']}",
                    f"model.n_head={shape['n_head']}"]
         arms = {"baseline": [], "distilled": [*arms["distilled"], "objective.init_from_teacher=true"],
@@ -271,7 +271,7 @@ def mlm_common(args, shared: Path, downstream) -> list[str]:
 
 def corpus_of(args, shared: Path) -> Path:
     """The text the BERT students pretrain on: --corpus, else bench/downstream.py's shared corpus."""
-    return getattr(args, "corpus", None) or shared / "shared_text.jsonl"
+    return args.corpus or shared / "shared_text.jsonl"
 
 
 def main() -> None:

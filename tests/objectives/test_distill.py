@@ -409,7 +409,6 @@ def test_init_from_teacher_copies_the_paired_blocks_and_everything_around_them(t
         trainer.callbacks.append(watch)
         trainer.fit(module, datamodule=datamodule)
         first_losses[init] = watch.losses[0]
-    print(first_losses)
     assert first_losses[True] < first_losses[False] - 0.3, first_losses
     # a student of another width or head count cannot start from the teacher: one line each
     vocab = load_module(teacher_ckpt).network.config.vocab_size
