@@ -33,7 +33,12 @@ validation (masked-token accuracy, loss) and the test splits.
 
 `--teacher CKPT --corpus TEXT.jsonl` distills another MLM teacher (e.g. the same recipe trained 8,000
 steps) into the same students, which pretrain on TEXT, the teacher's corpus, so that both share its
-tokenizer; `--tasks debian_section,ner_wnut,qa_wordnet` picks the scores.
+tokenizer; `--teacher-steps N` (no --teacher) trains the recipe N steps instead, in a folder of its own
+(logs/bench_downstream/pretrain_mlm_shared_rotary_N), on the shared corpus; `--tasks
+debian_section,ner_wnut,qa_wordnet` picks the scores.
+
+    python bench/distill.py --family mlm --teacher-steps 8000 --steps 1000 --init-from-teacher \
+        --tasks debian_section,ner_wnut,qa_wordnet    # the README's DistilBERT-style table (~2 h on 1 core)
 
 --family task: distillation at fine-tuning time (`tasks/distill.py`, the task logits) on `--task`
 (debian_section, default, or ner_wnut): a teacher (the shared-text MLM teacher above fine-tuned on the
@@ -149,8 +154,9 @@ def mlm_main(args) -> None:
 
     shared = args.out if args.smoke else REPO / "logs" / "bench_downstream"  # where the teacher is (made)
     shared.mkdir(parents=True, exist_ok=True)
-    if args.teacher is None:
-        teacher = downstream.pretrain("mlm_shared_rotary", shared, 0.005 if args.smoke else 1.0)
+    if args.teacher is None:  # the recipe's 2,000 steps, or --teacher-steps in a folder of their own
+        teacher = downstream.pretrain("mlm_shared_rotary", shared, 0.005 if args.smoke else 1.0,
+                                      None if args.smoke else args.teacher_steps)
     else:  # a teacher of the same recipe trained longer: the students read the corpus it read (its tokenizer)
         teacher = args.teacher
     common = mlm_common(args, shared, downstream)
@@ -315,8 +321,8 @@ def main() -> None:
         parser.error(f"--tasks: {', '.join(unknown)} is not one of {', '.join(TASK_COLUMNS)}")
     if args.family != "gpt" and args.out == parser.get_default("out"):
         args.out = args.out.with_name(f"bench_distill_{args.family}")
-    if args.family == "task" and args.teacher_steps == parser.get_default("teacher_steps"):
-        args.teacher_steps = None  # the shared MLM fine-tuned on the task as bench/downstream.py does
+    if args.family != "gpt" and args.teacher_steps == parser.get_default("teacher_steps"):
+        args.teacher_steps = None  # mlm: the shared MLM's 2,000 steps; task: fine-tuned as bench/downstream.py does
     if args.family == "task" and args.task != "debian_section" and args.out.name == "bench_distill_task":
         args.out = args.out.with_name(f"bench_distill_task_{args.task}")
     if args.smoke:

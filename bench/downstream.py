@@ -243,16 +243,19 @@ def shared_corpus(path: Path, min_share: float = 0.02, spanish: bool = False) ->
     return written
 
 
-def pretrain_ckpt(name: str, out: Path) -> Path:
-    return out / f"pretrain_{name}" / "checkpoints" / "last.ckpt"
+def pretrain_ckpt(name: str, out: Path, n_steps: int | None = None) -> Path:
+    folder = f"pretrain_{name}" if n_steps is None else f"pretrain_{name}_{n_steps}"
+    return out / folder / "checkpoints" / "last.ckpt"
 
 
-def pretrain(name: str, out: Path, scale: float) -> Path:
+def pretrain(name: str, out: Path, scale: float, n_steps: int | None = None) -> Path:
+    """The checkpoint of pretraining `name` (trained first when missing): its steps times `scale`, or
+    `n_steps` exactly, in a folder of its own (a longer run of the same recipe, e.g. a distillation teacher)."""
     from lmpretrain.train import train
 
-    spec, ckpt = PRETRAIN[name], pretrain_ckpt(name, out)
+    spec, ckpt = PRETRAIN[name], pretrain_ckpt(name, out, n_steps)
     if not ckpt.is_file():
-        n = steps(spec["steps"], scale)
+        n = n_steps or steps(spec["steps"], scale)
         extra = []
         if spec.get("shared_corpus"):
             spanish = spec["shared_corpus"] == "es"
@@ -261,7 +264,7 @@ def pretrain(name: str, out: Path, scale: float) -> Path:
                   flush=True)
             extra = [f"data.files=[{corpus}]"]
         train(compose_config("train", [*spec["overrides"], *extra, *CPU, f"trainer.max_steps={n}",
-                                f"trainer.val_check_interval={max(1, n // 4)}"], out / f"pretrain_{name}"))
+                                f"trainer.val_check_interval={max(1, n // 4)}"], ckpt.parents[1]))
     return ckpt
 
 

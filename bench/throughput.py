@@ -3,6 +3,8 @@
     python bench/throughput.py [--steps 300] [--warmup 20] [--model gpt_tiny] [--repeats 2]
     python bench/throughput.py --device cuda --model gpt2_124m --data random --batch-size 16 \
         --steps 100 --extra bf16,compiled_bf16   # on a GPU: bf16 eager vs compiled, MFU
+    python bench/throughput.py --device cuda --model gpt2_124m --data random --batch-size 16 \
+        --steps 60 --precision bf16-mixed --extra compiled   # Lightning vs bare loop, both in bf16
 
 (a) `CausalLMModule` driven by `lightning.Trainer` (gradient clipping, LR schedule stepped per
 step, `train/loss` logged every step, the throughput callback), and (b) nanoGPT's inner loop:
@@ -10,6 +12,7 @@ forward, cross-entropy, backward, clip, AdamW step, schedule step. Both see iden
 from the tiny-shakespeare DataModule. Runs alternate (a, b, a, b, ...) so drift in machine speed
 hits both; the best run of each is reported. Prints tokens/s of each and the ratio (target >= 0.95).
 
+`--precision bf16-mixed` runs both (a) and (b) under bf16 autocast (the GPU default, `precision=auto`).
 `--extra compiled,bf16,compiled_bf16` adds bare-loop variants: the network under `torch.compile`
 (inductor), under bf16 autocast, and both. Every line also shows MFU: model FLOPs (the objective's 6N + attention count)
 over the peak of this device (CPU: the measured best fp32 / bf16 matmul rate, printed too; GPU: the
@@ -61,7 +64,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def lightning_run(batches, model_cfg, opt, sched, warmup, device: torch.device) -> float:
+def lightning_run(batches, model_cfg, opt, sched, warmup, device: torch.device, precision: str) -> float:
     torch.manual_seed(0)
     module = CausalLMModule(model_cfg, opt, sched)
     timer = StepTimer(warmup)
@@ -70,7 +73,7 @@ def lightning_run(batches, model_cfg, opt, sched, warmup, device: torch.device) 
     trainer = L.Trainer(
         max_steps=len(batches), logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, gradient_clip_val=1.0, limit_val_batches=0, num_sanity_val_steps=0,
-        callbacks=[timer, TokenThroughput()], accelerator=device.type, devices=1, precision="32-true",
+        callbacks=[timer, TokenThroughput()], accelerator=device.type, devices=1, precision=precision,
     )
     # batch_size=None: the pre-made batches as they are (a bare list would read as one loader per batch)
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
@@ -116,12 +119,15 @@ def main(argv=None) -> float:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=12)
     p.add_argument("--data", default="shakespeare", choices=["shakespeare", "random"])
+    p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"],
+                   help="of the Lightning run and the bare loop (bf16-mixed: bf16 autocast in both)")
     args = p.parse_args(argv)
     extra = [v for v in args.extra.split(",") if v]
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
 
     model_cfg, opt = load_cfgs(args.model)
+    bf16 = args.precision == "bf16-mixed"
     if args.data == "random":
         g = torch.Generator().manual_seed(0)
         # The model's own vocabulary; configs that take it from the tokenizer get GPT-2's padded 50304.
@@ -142,23 +148,23 @@ def main(argv=None) -> float:
 
     results = {"lightning": [], "bare": [], **{f"bare_{v}": [] for v in extra}}
     for _ in range(args.repeats):
-        results["lightning"].append(lightning_run(batches, model_cfg, opt, sched, args.warmup, device))
-        results["bare"].append(bare_run(batches, model_cfg, opt, sched, args.warmup, device))
+        results["lightning"].append(lightning_run(batches, model_cfg, opt, sched, args.warmup, device, args.precision))
+        results["bare"].append(bare_run(batches, model_cfg, opt, sched, args.warmup, device, bf16=bf16))
         for v in extra:
             results[f"bare_{v}"].append(bare_run(batches, model_cfg, opt, sched, args.warmup, device,
-                                                 compiled="compiled" in v, bf16="bf16" in v))
+                                                 compiled="compiled" in v, bf16=bf16 or "bf16" in v))
     best = {k: max(v) for k, v in results.items()}
     ratio = best["lightning"] / best["bare"]
     flops_per_token = CausalLMModule(model_cfg).flops_per_token(model_cfg["block_size"])
     peaks = {p: peak_flops(device, p) for p in ("32-true", "bf16-mixed")}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"model={args.model} steps={args.steps} batch={args.batch_size}x{model_cfg['block_size']} "
-          f"data={args.data} device={where}")
+          f"data={args.data} device={where} precision={args.precision}")
     shown = {k: "?" if v is None else f"{v / 1e9:,.1f}" for k, v in peaks.items()}
     print(f"model FLOPs/token {flops_per_token:,.0f}; peak fp32 {shown['32-true']} GFLOP/s, "
           f"bf16 {shown['bf16-mixed']} GFLOP/s")
     for k, v in results.items():
-        peak = peaks["bf16-mixed" if "bf16" in k else "32-true"]
+        peak = peaks["bf16-mixed" if bf16 or "bf16" in k else "32-true"]
         mfu = "?" if peak is None else f"{best[k] * flops_per_token / peak:.1%}"
         print(f"{k:>14}: best {best[k]:,.0f} tokens/s  MFU {mfu}  (runs: {', '.join(f'{x:,.0f}' for x in v)})")
     for v in extra:
