@@ -44,6 +44,32 @@ def test_mfu_from_flops_per_token_and_peak(tmp_path):
     assert trainer.callback_metrics["train/mfu"] == pytest.approx(cb.logged[-1]["train/mfu"])
 
 
+def test_windows_are_back_to_back_so_the_wait_between_batches_counts(monkeypatch):
+    """Each batch computes 0.1 s and waits 0.9 s for the next one (a slow data loader): the rate is
+    tokens per wall-clock second, 1 s a batch, also in the second window, whose clock starts where the
+    first one ended, not at its own first batch (which once skipped the gaps: on an H200, GPT-2's
+    logged MFU was 1.2-1.8x its real rate)."""
+    from types import SimpleNamespace
+
+    now = [0.0]
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: now[0])
+    logged = []
+    module = SimpleNamespace(log_dict=lambda metrics, **kw: logged.append(dict(metrics)),
+                             flops_per_token=lambda seq_len: None)
+    trainer = SimpleNamespace(world_size=1, log_every_n_steps=2, is_global_zero=True, loggers=[], global_step=0)
+    cb = TokenThroughput(peak_flops_per_device=1e20)
+    cb._peak, cb._cpu_dtype, cb._startup_logged = 1e20, None, True
+    batch = {"input_ids": torch.zeros(4, 100, dtype=torch.long)}  # 400 tokens
+    for i in range(4):
+        now[0] = i * 1.0
+        cb.on_train_batch_start(trainer, module, batch, i)
+        now[0] = i * 1.0 + 0.1
+        cb.on_train_batch_end(trainer, module, None, batch, i)
+    first, second = (m["train/tokens_per_sec"] for m in logged)
+    assert first == pytest.approx(800 / 1.1)  # batch 0's start to batch 1's end
+    assert second == pytest.approx(800 / 2.0)  # batch 1's end to batch 3's end: both waits count
+
+
 def test_measured_cpu_peak_is_plausible():
     peak = measured_cpu_peak_flops()
     assert 1e9 < peak < 1e13  # 1 GFLOP/s .. 10 TFLOP/s for a few CPU cores in fp32

@@ -4,6 +4,7 @@ consolidate into one loadable file; MLM (heads called outside forward) and the f
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -171,3 +172,20 @@ def test_masked_lm_sharded_and_tensor_parallel(tmp_path):
     assert_same_curve(one["loss"], tp["loss"], range(1, 7))
     assert_same_curve(one["val"], tp["val"], [3, 6])
     assert one["loss"] != ddp["loss"]  # data-parallel ranks draw their own masks
+
+
+@pytest.mark.slow
+def test_fsdp_check_bench_matches_plain_and_resumes_exactly_on_cpu():
+    """bench/fsdp_check.py, the GPU check of FSDP2 (README "On a GPU"), on CPU with gloo: one process
+    holds every shard, so its curve equals the plain strategy's and the resume from its sharded
+    checkpoint equals the uninterrupted run, to float32 rounding (tolerance 1e-5)."""
+    from lmpretrain.paths import repo_root
+
+    out = subprocess.run([sys.executable, str(repo_root() / "bench" / "fsdp_check.py"), "--device", "cpu",
+                          "--model", "gpt_tiny", "--steps", "6", "--batch-size", "2"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "sharded checkpoint: a folder of shards" in out.stdout
+    diffs = re.search(r"max \|fsdp - plain\| = (\S+); max \|resumed - fsdp\| = (\S+) ", out.stdout)
+    assert float(diffs.group(1)) <= 1e-5 and float(diffs.group(2)) <= 1e-5, out.stdout[-1500:]
+    assert "resumed steps 6 of 6" in out.stdout
