@@ -120,3 +120,21 @@ def test_progress_bar_redraws_at_most_every_interval_and_always_draws_the_last_s
                                         "trainer.num_sanity_val_steps=0", "logger=csv", "model.n_layer=1",
                                         "data.batch_size=2"]))
     assert [i for i, _ in drawn] == [0, 1, 2, 3, 4, 5], drawn
+
+
+def test_model_summary_precision_notice_is_dropped():
+    """bf16-mixed (every GPU run's default) made Lightning's summary warn that it sizes the model in
+    32 bits; ours says "MB in fp32" itself, so the notice is dropped, and other warnings still show."""
+    import warnings
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+    from lmpretrain.callbacks.console import quiet_third_party
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # shown every time, unless a filter added after this drops it
+        quiet_third_party()
+        rank_zero_warn("Precision bf16-mixed is not supported by the model summary.  Estimated model size in MB "
+                       "will not be accurate. Using 32 bits instead.", category=UserWarning)
+        warnings.warn("a warning of our own", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["a warning of our own"]

@@ -86,3 +86,23 @@ def test_compile_is_in_place_and_numerically_equal():
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
     for name, g in ref_grads.items():
         torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_float32_matmul_precision_is_set_on_a_gpu_only(monkeypatch):
+    """runtime.float32_matmul_precision=high (default) puts a GPU run's fp32 matmuls on TF32 tensor
+    cores (Lightning printed a tip on every H200 run without it); a CPU run keeps exact fp32."""
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+
+    from lmpretrain.errors import ConfigError
+    from lmpretrain.module import RuntimeOptions, use_matmul_precision
+
+    before = torch.get_float32_matmul_precision()
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda v: calls.append(v))
+    calls = []
+    use_matmul_precision(CPUAccelerator(), RuntimeOptions())
+    assert calls == [] and torch.get_float32_matmul_precision() == before
+    use_matmul_precision(CUDAAccelerator(), RuntimeOptions())  # the accelerator's type decides; no GPU needed
+    use_matmul_precision(CUDAAccelerator(), RuntimeOptions(float32_matmul_precision="highest"))
+    assert calls == ["high", "highest"]
+    with pytest.raises(ConfigError, match=r"runtime.float32_matmul_precision='tf32' must be one of highest, high, medium"):
+        RuntimeOptions(float32_matmul_precision="tf32")

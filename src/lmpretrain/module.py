@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from lmpretrain.distributed.parallel import clip_grad_norm_
-from lmpretrain.errors import TrainingDivergedError
+from lmpretrain.errors import ConfigError, TrainingDivergedError
 from lmpretrain.models.blocks import Block
 from lmpretrain.optim import build_optimizer, build_scheduler
 
@@ -38,6 +38,10 @@ class RuntimeOptions:
         storing them (about one extra forward of compute for O(layers) less activation memory).
     fused_loss: compute LM-head logits and cross-entropy `loss_chunk_tokens` rows at a time,
         recomputing each chunk in backward, so the (tokens, vocab) logits never exist at once.
+    float32_matmul_precision: on a GPU, `torch.set_float32_matmul_precision` for the run: `high`
+        (default) lets fp32 matmuls use TF32 tensor cores, as nanoGPT and litgpt do; `highest` keeps
+        them exact. Without it, Lightning and inductor print a tip on every GPU run. CPU runs are
+        left exact whatever it says.
     """
 
     compile: bool = False
@@ -45,6 +49,21 @@ class RuntimeOptions:
     activation_checkpointing: bool = False
     fused_loss: bool = False
     loss_chunk_tokens: int = 4096
+    float32_matmul_precision: str = "high"
+
+    def __post_init__(self) -> None:
+        if self.float32_matmul_precision not in MATMUL_PRECISIONS:
+            raise ConfigError(f"runtime.float32_matmul_precision={self.float32_matmul_precision!r} must be one of "
+                              f"{', '.join(MATMUL_PRECISIONS)}")
+
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's values
+
+
+def use_matmul_precision(accelerator, runtime: RuntimeOptions) -> None:
+    """Apply `runtime.float32_matmul_precision` when the run is on a CUDA GPU (see RuntimeOptions)."""
+    if type(accelerator).__name__ == "CUDAAccelerator":
+        torch.set_float32_matmul_precision(runtime.float32_matmul_precision)
 
 
 class LMModule(L.LightningModule):

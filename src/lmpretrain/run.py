@@ -44,7 +44,7 @@ from lmpretrain.errors import (
     missing_values_error,
 )
 from lmpretrain.loggers import WandbLogger
-from lmpretrain.module import LMModule, RuntimeOptions
+from lmpretrain.module import LMModule, RuntimeOptions, use_matmul_precision
 from lmpretrain.optim import check_optimizer_config
 from lmpretrain.optim.freeze import freeze_parameters
 from lmpretrain.paths import unwritable
@@ -165,7 +165,9 @@ def build_trainer(cfg: DictConfig, trainer_cfg: DictConfig, wandb_run_id: str | 
     for lg, w in zip(loggers, is_wandb):
         if w:  # Lightning passes anonymous=None, which wandb >= 0.19 warns about on every run
             lg._wandb_init.pop("anonymous", None)
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    use_matmul_precision(trainer.accelerator, RuntimeOptions(**to_dict(cfg.get("runtime") or {})))
+    return trainer
 
 
 def run_tags(cfg: DictConfig, trainer_cfg: DictConfig) -> list[str]:
