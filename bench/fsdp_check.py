@@ -31,12 +31,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
+from throughput import load_cfgs, random_batches  # bench/throughput.py, beside this script
 
 from lmpretrain.distributed import FSDP2Strategy
 from lmpretrain.objectives import CausalLMModule
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 class StepLosses(L.Callback):
@@ -93,15 +91,10 @@ def main(argv=None) -> int:
         return 2
     precision = "bf16-mixed" if args.device == "cuda" else "32-true"
     tol = args.tol if args.tol is not None else (2e-2 if precision == "bf16-mixed" else 1e-5)
-    model_cfg = yaml.safe_load((CONF / "model" / f"{args.model}.yaml").read_text())
+    model_cfg, _ = load_cfgs(args.model)
     T = args.block_size or model_cfg["block_size"]
-    V = model_cfg.get("vocab_size") or 50304
-    model_cfg.update(block_size=T, vocab_size=V, dropout=0.0)
-    g = torch.Generator().manual_seed(0)
-    batches = []
-    for _ in range(args.steps):
-        ids = torch.randint(0, V, (args.batch_size, T + 1), generator=g)
-        batches.append({"input_ids": ids[:, :-1], "labels": ids[:, 1:]})
+    model_cfg.update(block_size=T, dropout=0.0)
+    batches = random_batches(model_cfg, args.steps, args.batch_size)
 
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"model={args.model} batch={args.batch_size}x{T} steps={args.steps} device={where} precision={precision}")

@@ -59,6 +59,19 @@ def load_cfgs(model_name: str):
     return model, opt
 
 
+def random_batches(model_cfg: dict, steps: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """`steps` seeded batches of uniform tokens over the model's own vocabulary, which is written into
+    `model_cfg` (configs that take it from the tokenizer get GPT-2's padded 50304)."""
+    g = torch.Generator().manual_seed(0)
+    T, V = model_cfg["block_size"], model_cfg.get("vocab_size") or 50304
+    model_cfg["vocab_size"] = V
+    batches = []
+    for _ in range(steps):
+        ids = torch.randint(0, V, (batch_size, T + 1), generator=g)
+        batches.append({"input_ids": ids[:, :-1], "labels": ids[:, 1:]})
+    return batches
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -129,14 +142,7 @@ def main(argv=None) -> float:
     model_cfg, opt = load_cfgs(args.model)
     bf16 = args.precision == "bf16-mixed"
     if args.data == "random":
-        g = torch.Generator().manual_seed(0)
-        # The model's own vocabulary; configs that take it from the tokenizer get GPT-2's padded 50304.
-        T, V = model_cfg["block_size"], model_cfg.get("vocab_size") or 50304
-        model_cfg["vocab_size"] = V
-        batches = []
-        for _ in range(args.steps):
-            ids = torch.randint(0, V, (args.batch_size, T + 1), generator=g)
-            batches.append({"input_ids": ids[:, :-1], "labels": ids[:, 1:]})
+        batches = random_batches(model_cfg, args.steps, args.batch_size)
     else:
         dm = PackedTextDataModule(["tinyshakespeare.txt"], tokenizer={"kind": "char", "unk_token": "<unk>"},
                                   block_size=model_cfg["block_size"], batch_size=args.batch_size)

@@ -108,7 +108,9 @@ def build_run(cfg: DictConfig, module_group: str) -> Run:
         wandb_run_id = resume.get(WANDB_RUN_ID)
         del resume
     resolve_unused_parameters(trainer_cfg, module)
-    return Run(datamodule, module, build_trainer(cfg, trainer_cfg, wandb_run_id))
+    trainer = build_trainer(cfg, trainer_cfg, wandb_run_id)
+    use_matmul_precision(trainer.accelerator, module.runtime)  # before fit, whose device setup checks it
+    return Run(datamodule, module, trainer)
 
 
 @contextmanager
@@ -165,9 +167,7 @@ def build_trainer(cfg: DictConfig, trainer_cfg: DictConfig, wandb_run_id: str | 
     for lg, w in zip(loggers, is_wandb):
         if w:  # Lightning passes anonymous=None, which wandb >= 0.19 warns about on every run
             lg._wandb_init.pop("anonymous", None)
-    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
-    use_matmul_precision(trainer.accelerator, RuntimeOptions(**to_dict(cfg.get("runtime") or {})))
-    return trainer
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 
 def run_tags(cfg: DictConfig, trainer_cfg: DictConfig) -> list[str]:
