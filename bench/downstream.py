@@ -251,18 +251,24 @@ def pretrain_ckpt(name: str, out: Path, n_steps: int | None = None) -> Path:
 def pretrain(name: str, out: Path, scale: float, n_steps: int | None = None) -> Path:
     """The checkpoint of pretraining `name` (trained first when missing): its steps times `scale`, or
     `n_steps` exactly, in a folder of its own (a longer run of the same recipe, e.g. a distillation teacher)."""
+    from lmpretrain.checkpoints import read_checkpoint
     from lmpretrain.train import train
 
     spec, ckpt = PRETRAIN[name], pretrain_ckpt(name, out, n_steps)
-    if not ckpt.is_file():
-        n = n_steps or steps(spec["steps"], scale)
-        extra = []
+    n = n_steps or steps(spec["steps"], scale)
+    # A run killed part-way leaves a last.ckpt short of n steps: resume it (weights, optimizer, data
+    # position) instead of fine-tuning from a half-trained network.
+    done = read_checkpoint(ckpt, "pretrain", mmap=True).get("global_step", 0) if ckpt.is_file() else None
+    if done is None or done < n:
+        extra = [] if done is None else [f"ckpt_path={ckpt}"]
+        if done is not None:
+            print(f"[downstream] {ckpt} stopped at step {done} of {n}: resuming it", flush=True)
         if spec.get("shared_corpus"):
             spanish = spec["shared_corpus"] == "es"
             corpus = out / ("shared_text_es.jsonl" if spanish else "shared_text.jsonl")
             print(f"[downstream] shared corpus (chars per source): {shared_corpus(corpus, spanish=spanish)}",
                   flush=True)
-            extra = [f"data.files=[{corpus}]"]
+            extra.append(f"data.files=[{corpus}]")
         train(compose_config("train", [*spec["overrides"], *extra, *CPU, f"trainer.max_steps={n}",
                                 f"trainer.val_check_interval={max(1, n // 4)}"], ckpt.parents[1]))
     return ckpt

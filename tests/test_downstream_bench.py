@@ -188,3 +188,25 @@ def test_pretrained_only_settings_and_folds_reach_the_runs(tmp_path, monkeypatch
     assert all(c.optimizer.head_only_steps == 0 for c in seen)
     assert [m[f"test/spearman_fold{k}"] for k in range(4)] == pytest.approx([0.1, 0.2, 0.3, 0.0])
     assert m["test/spearman"] == pytest.approx(0.15) and m["test/pearson"] == pytest.approx(0.5)
+
+
+def test_pretraining_resumes_a_checkpoint_cut_short_and_reuses_a_finished_one(tmp_path, monkeypatch):
+    """A killed pretraining leaves a last.ckpt short of its steps: the next run of the table resumes
+    it (ckpt_path=) instead of fine-tuning from the half-trained network; a finished one is reused
+    without training."""
+    import torch
+
+    import lmpretrain.train
+
+    seen = []
+    monkeypatch.setattr(lmpretrain.train, "train", lambda cfg: seen.append(cfg))
+    ckpt = downstream.pretrain_ckpt("mlm", tmp_path)
+    n = downstream.steps(downstream.PRETRAIN["mlm"]["steps"], 0.01)
+    assert downstream.pretrain("mlm", tmp_path, 0.01) == ckpt and seen[0].get("ckpt_path") is None  # none yet
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"global_step": n - 1}, ckpt)
+    downstream.pretrain("mlm", tmp_path, 0.01)
+    assert seen[1].ckpt_path == str(ckpt) and seen[1].trainer.max_steps == n
+    torch.save({"global_step": n}, ckpt)
+    downstream.pretrain("mlm", tmp_path, 0.01)
+    assert len(seen) == 2
