@@ -64,6 +64,8 @@ def run_method(method: str, steps: int, out: Path, extra: list[str], test: list[
     from lmpretrain.finetune import build
     from lmpretrain.run import fit_run
 
+    if method == "none":  # plain fine-tuning has no epsilon, alpha, ...: those overrides are for the others
+        extra = [o for o in extra if not o.lstrip("+~").startswith("adversarial.")]
     cfg = compose([*COMMON, f"adversarial={method}", f"trainer.max_steps={steps}",
                    f"trainer.val_check_interval={steps}", f"scheduler.warmup_steps={max(1, steps // 10)}",
                    *extra], out / method)
