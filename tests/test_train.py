@@ -87,6 +87,50 @@ def test_resume_from_last_ckpt_gives_identical_losses(tmp_path):
         assert resumed.loss[step] == pytest.approx(straight.loss[step], rel=1e-6, abs=1e-6), step
 
 
+class WeightsPerStep(L.Callback):
+    """The trained (not averaged) weights after every optimizer step."""
+
+    def __init__(self):
+        self.weights = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.weights.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+
+def test_ema_checkpoint_holds_the_moving_average_and_a_resume_continues_it_exactly(tmp_path):
+    """callbacks=ema: the checkpoint's weights (what test, export and pretrained= read) are
+    avg_1 = w_1, avg_t = d * avg_{t-1} + (1 - d) * w_t over the trained weights w_t of each step; the
+    module ends holding them; 4 steps + a resume for 4 more give the same average as 8 straight."""
+    ema = [*SHORT, "callbacks=ema", "callbacks.ema.decay=0.5", "trainer.max_steps=8", "trainer.val_check_interval=4"]
+    datamodule, module, trainer = build(make_cfg(tmp_path / "a", ema))
+    seen = WeightsPerStep()
+    trainer.callbacks.append(seen)
+    trainer.fit(module, datamodule=datamodule)
+    assert len(seen.weights) == 8
+    expected = dict(seen.weights[0])
+    for w in seen.weights[1:]:
+        expected = {k: 0.5 * expected[k] + 0.5 * w[k] if w[k].is_floating_point() else w[k] for k in w}
+    saved = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    name = "network.tok_emb.weight"
+    assert not torch.equal(seen.weights[-1][name], expected[name])  # the average is not the last weights
+    for k, v in expected.items():
+        torch.testing.assert_close(saved["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(module.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    torch.testing.assert_close(saved["current_model_state"][name], seen.weights[-1][name])
+
+    fit(make_cfg(tmp_path / "b", [*ema, "trainer.max_steps=4"]))
+    fit(make_cfg(tmp_path / "b", ema), ckpt_path=str(tmp_path / "b" / "checkpoints" / "last.ckpt"))
+    resumed = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    for key in ("state_dict", "current_model_state"):
+        for k, v in saved[key].items():
+            torch.testing.assert_close(resumed[key][k], v, rtol=1e-5, atol=1e-6, msg=f"{key} {k}")
+
+
+def test_ema_with_a_sharded_strategy_is_one_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="callbacks=ema keeps an unsharded copy"):
+        build(make_cfg(tmp_path, ["debug=fast", "callbacks=ema", "strategy=fsdp", "trainer.devices=2"]))
+
+
 def test_checkpoint_rebuilds_without_hydra_and_generates(tmp_path):
     train(make_cfg(tmp_path, SHORT))
     ckpt = tmp_path / "checkpoints" / "last.ckpt"

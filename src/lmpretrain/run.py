@@ -23,7 +23,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -144,6 +144,10 @@ def build_trainer(cfg: DictConfig, trainer_cfg: DictConfig, wandb_run_id: str | 
     `wandb_run_id` (kept in the checkpoint being resumed): the wandb logger continues that run."""
     quiet_third_party()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    strategy = strategy_name(trainer_cfg.get("strategy") or "auto")
+    if strategy == "FSDP2Strategy" and any(isinstance(cb, WeightAveraging) for cb in callbacks):
+        raise ConfigError("callbacks=ema keeps an unsharded copy of every weight, which strategy=fsdp cannot "
+                          "average; use strategy=ddp, or drop the weight averaging callback")
     for cb in callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath:
             # Else the first save fails, after training. Not created here: a run that saves nothing
