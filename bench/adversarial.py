@@ -60,12 +60,22 @@ def accuracy(module, datamodule, texts: list[str], labels: list[str], batch_size
     return correct / len(texts)
 
 
+def applies(override: str, method: str) -> bool:
+    """An `adversarial.<key>=` override is for the methods whose preset has that key (plain
+    fine-tuning has none, fgm no alpha or steps); every other override is for all runs."""
+    key = override.lstrip("+~").split("=", 1)[0]
+    if not key.startswith("adversarial."):
+        return True
+    from omegaconf import OmegaConf
+
+    return key.split(".", 1)[1] in OmegaConf.load(REPO / "conf" / "adversarial" / f"{method}.yaml").adversarial
+
+
 def run_method(method: str, steps: int, out: Path, extra: list[str], test: list[dict]) -> dict:
     from lmpretrain.finetune import build
     from lmpretrain.run import fit_run
 
-    if method == "none":  # plain fine-tuning has no epsilon, alpha, ...: those overrides are for the others
-        extra = [o for o in extra if not o.lstrip("+~").startswith("adversarial.")]
+    extra = [o for o in extra if applies(o, method)]
     cfg = compose([*COMMON, f"adversarial={method}", f"trainer.max_steps={steps}",
                    f"trainer.val_check_interval={steps}", f"scheduler.warmup_steps={max(1, steps // 10)}",
                    *extra], out / method)

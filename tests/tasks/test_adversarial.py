@@ -325,14 +325,15 @@ def test_word_substitution_replaces_the_requested_share_of_words():
 
 @pytest.mark.slow
 def test_bench_takes_adversarial_overrides_and_runs_plain_fine_tuning_beside_them(tmp_path):
-    """`bench/adversarial.py adversarial.epsilon=...` (its documented use) sets epsilon for the
-    perturbing methods; the plain run has no such key and must still run (plumbing only: 4 steps)."""
+    """`bench/adversarial.py adversarial.epsilon=... adversarial.alpha=...` (its documented use) sets
+    each key for the methods that have it; the plain run has none and fgm no alpha, and both must
+    still run (plumbing only: 4 steps)."""
     repo = Path(__file__).resolve().parents[2]
     r = subprocess.run([sys.executable, str(repo / "bench" / "adversarial.py"), "--smoke", "--methods", "none,fgm",
-                        "--out", str(tmp_path), "adversarial.epsilon=0.05"],
+                        "--out", str(tmp_path), "adversarial.epsilon=0.05", "adversarial.alpha=0.02"],
                        capture_output=True, text=True, timeout=600, cwd=repo, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert list(results["results"]) == ["none", "fgm"] and results["overrides"] == ["adversarial.epsilon=0.05"]
+    assert list(results["results"]) == ["none", "fgm"] and results["overrides"] == ["adversarial.epsilon=0.05", "adversarial.alpha=0.02"]
     assert "epsilon: 0.05" in (tmp_path / "fgm" / "csv" / "hparams.yaml").read_text()
     assert "epsilon" not in (tmp_path / "none" / "csv" / "hparams.yaml").read_text()
