@@ -88,7 +88,7 @@ def test_resume_from_last_ckpt_gives_identical_losses(tmp_path):
 
 
 class WeightsPerStep(L.Callback):
-    """The trained (not averaged) weights after every optimizer step."""
+    """The trained (not averaged) weights after every optimizer step, and those validation sees."""
 
     def __init__(self):
         self.weights = []
@@ -96,13 +96,16 @@ class WeightsPerStep(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.weights.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
 
+    def on_validation_epoch_start(self, trainer, pl_module):  # after the averaging callback's own hook
+        self.at_validation = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
 
 def test_ema_checkpoint_holds_the_moving_average_and_a_resume_continues_it_exactly(tmp_path):
     """callbacks=ema: the checkpoint's weights (what test, export and pretrained= read) are
     avg_1 = w_1, avg_t = d * avg_{t-1} + (1 - d) * w_t over the trained weights w_t of each step; the
     module ends holding them; 4 steps + a resume for 4 more give the same average as 8 straight."""
     ema = [*SHORT, "callbacks=ema", "callbacks.ema.decay=0.5", "trainer.max_steps=8", "trainer.val_check_interval=4"]
-    datamodule, module, trainer = build(make_cfg(tmp_path / "a", ema))
+    datamodule, module, trainer = build(make_cfg(tmp_path / "a", [*ema, "callbacks.model_checkpoint.save_top_k=-1"]))
     seen = WeightsPerStep()
     trainer.callbacks.append(seen)
     trainer.fit(module, datamodule=datamodule)
@@ -117,6 +120,15 @@ def test_ema_checkpoint_holds_the_moving_average_and_a_resume_continues_it_exact
         torch.testing.assert_close(saved["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=k)
         torch.testing.assert_close(module.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
     torch.testing.assert_close(saved["current_model_state"][name], seen.weights[-1][name])
+    # outside fit (how a run scores its best checkpoint on the test split) the module holds that
+    # checkpoint's average: not its trained weights, not the end of fit's average
+    mid = torch.load(next((tmp_path / "a" / "checkpoints").glob("step000004-*.ckpt")), weights_only=True)
+    seen.weights.clear()
+    trainer.validate(module, datamodule=datamodule, ckpt_path=str(next((tmp_path / "a" / "checkpoints").glob(
+        "step000004-*.ckpt"))), verbose=False)
+    for k, v in mid["state_dict"].items():
+        torch.testing.assert_close(seen.at_validation[k], v, rtol=0, atol=0, msg=k)
+    assert not torch.equal(mid["state_dict"][name], mid["current_model_state"][name])
 
     fit(make_cfg(tmp_path / "b", [*ema, "trainer.max_steps=4"]))
     fit(make_cfg(tmp_path / "b", ema), ckpt_path=str(tmp_path / "b" / "checkpoints" / "last.ckpt"))

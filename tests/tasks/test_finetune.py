@@ -5,12 +5,14 @@ import os
 import subprocess
 import sys
 
+import lightning as L
 import pytest
 import torch
 
 from conftest import make_cfg
 from lmpretrain.finetune import build, finetune
 from lmpretrain.plot import read_csv_metrics
+from lmpretrain.run import fit_run
 from lmpretrain.tasks import SequenceClassificationModule, TokenClassificationModule
 from lmpretrain.train import train
 
@@ -174,3 +176,25 @@ def test_finetune_on_two_processes_matches_one_process(no_dropout_checkpoint, on
         assert sorted(two[name]) == sorted(one[name]), name
         for step, value in one[name].items():
             assert two[name][step] == pytest.approx(value, rel=2e-5, abs=1e-6), (name, step, value, two[name][step])
+
+
+class WeightsAtTest(L.Callback):
+    def on_test_epoch_start(self, trainer, pl_module):
+        self.weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+
+def test_with_ema_the_test_split_scores_the_best_checkpoints_average(mlm_checkpoint, tmp_path):
+    """callbacks=ema: after fit, the run scores its best checkpoint on the test split with that
+    checkpoint's moving average. (Lightning's own callback put the checkpoint's trained weights
+    back when the test stage loaded it: the score never saw the average.)"""
+    cfg = make_cfg(tmp_path, ["task=spam", f"pretrained={mlm_checkpoint}", *FAST, "callbacks=ema",
+                              "callbacks.ema.decay=0.5"], config_name="finetune")
+    run = build(cfg)
+    seen = WeightsAtTest()
+    run.trainer.callbacks.append(seen)
+    fit_run(cfg, run, test=True)
+    best = torch.load(run.trainer.checkpoint_callback.best_model_path, weights_only=True)
+    name = "network.tok_emb.weight"
+    assert not torch.equal(best["state_dict"][name], best["current_model_state"][name])
+    for k, v in best["state_dict"].items():
+        assert torch.equal(seen.weights[k], v), k

@@ -1,3 +1,4 @@
+from lmpretrain.callbacks.averaging import EMA
 from lmpretrain.callbacks.checkpoint import RunCheckpoint
 from lmpretrain.callbacks.console import ParamSummary, StepProgressBar
 from lmpretrain.callbacks.curves import TrainingCurves
@@ -6,5 +7,5 @@ from lmpretrain.callbacks.preemption import Preemption
 from lmpretrain.callbacks.reports import ClassificationReport, SampleGenerations
 from lmpretrain.callbacks.throughput import TokenThroughput
 
-__all__ = ["ClassificationReport", "EvaluationSuite", "ParamSummary", "Preemption", "RunCheckpoint",
+__all__ = ["EMA", "ClassificationReport", "EvaluationSuite", "ParamSummary", "Preemption", "RunCheckpoint",
            "SampleGenerations", "StepProgressBar", "TokenThroughput", "TrainingCurves"]
