@@ -115,7 +115,25 @@ def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
     if (norm := _normalizer(cfg)) is not None:
         tok.normalizer = norm
     tok.train_from_iterator(texts, trainer=trainer)
-    return tok
+    return canonical_ids(tok, len(trainer.special_tokens)) if cfg.kind == "wordpiece" else tok
+
+
+def canonical_ids(tok: Tokenizer, n_special: int) -> Tokenizer:
+    """A trained WordPiece tokenizer with ids that do not depend on the process that trained it.
+
+    The `tokenizers` WordPiece trainer numbers the tokens it learns through hash maps, so two runs on
+    the same corpus learn the same tokens under different ids (a quarter of 8,192 on the spam
+    e-mails, the `##` alphabet first) and a seeded run from scratch trained a different model each
+    time. The specials keep their ids (they come first); the other tokens follow in string order:
+    WordPiece encodes by looking tokens up by string, so the ids carry no meaning. BPE's trainer is
+    deterministic (its ids are its merge order). The Unigram trainer is not, and cannot be fixed by
+    renumbering: its scores differ in the last bits between processes, and the rare characters it
+    appends get made-up scores in hash-map order; no preset uses it."""
+    state = json.loads(tok.to_str())
+    vocab = state["model"]["vocab"]
+    by_id = sorted(vocab, key=vocab.get)
+    state["model"]["vocab"] = {t: i for i, t in enumerate([*by_id[:n_special], *sorted(by_id[n_special:])])}
+    return Tokenizer.from_str(json.dumps(state))
 
 
 def tokenizer_fingerprint(tok: Tokenizer) -> str:
@@ -135,7 +153,9 @@ def load_or_train_tokenizer(
     if cfg.path is not None:
         path = Path(cfg.path).expanduser()
         return read_tokenizer(path, "tokenizer.path"), path
-    key_src = json.dumps({"cfg": asdict(cfg), "corpus": corpus_fingerprint}, sort_keys=True)
+    # WordPiece tokenizers cached before canonical_ids numbered their tokens per process: not reused
+    ids = {"ids": "canonical"} if cfg.kind == "wordpiece" else {}
+    key_src = json.dumps({"cfg": asdict(cfg), "corpus": corpus_fingerprint, **ids}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{cfg.kind}-{key}" / "tokenizer.json"
     if path.is_file():
