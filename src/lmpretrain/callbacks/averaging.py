@@ -5,9 +5,10 @@ it as the checkpoint's `state_dict` (the trained weights ride along as `current_
 leaves it in the module at the end of fit. Outside fit it is not inert, and that is what `EMA` fixes:
 after `trainer.fit`, the same Trainer's `trainer.test(ckpt_path=best)` (how every run here scores its
 test split) loaded the best checkpoint's average and then, in `on_load_checkpoint`, overwrote it with
-that checkpoint's trained weights, so the test score never saw the average; `trainer.validate` would
-also swap in the end-of-fit average instead of the checkpoint's. Here the averaging acts during fit
-only; outside fit the module keeps what the checkpoint's `state_dict` holds: the average.
+that checkpoint's trained weights, so the test score never saw the average. (`trainer.validate` came
+out right only because its validation hooks swap the average back in.) Here the callback acts during
+fit only, its validation swaps included, since outside fit its average is no longer reloaded from the
+checkpoint: the module keeps what the checkpoint's `state_dict` holds, the average.
 """
 
 from __future__ import annotations
