@@ -89,3 +89,25 @@ def test_hydra_plugin_scan_leaves_optuna_to_sweeps():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]"
+
+
+
+@pytest.mark.parametrize(("override", "blocked", "line"), [
+    ("hparams_search=optuna", ["hydra_plugins.hydra_optuna_sweeper", "optuna"],
+     ("error: hparams_search=optuna needs the Optuna sweeper (hydra-optuna-sweeper), which is not installed: "
+      "pip install 'lmpretrain[optuna]'")),
+    ("hydra/launcher=slurm", ["hydra_plugins.hydra_submitit_launcher", "submitit"],
+     ("error: hydra/launcher=slurm needs the submitit launcher (hydra-submitit-launcher), which is not installed: "
+      "pip install 'lmpretrain[slurm]'")),
+])
+def test_a_sweep_whose_extra_is_missing_names_the_install(tmp_path, override, blocked, line):
+    """The Optuna sweeper and the SLURM launcher are extras: with their packages missing (blocked
+    here), the command ends with one line naming the install and exit status 2, not Hydra's "Could
+    not load 'hydra/sweeper/optuna'" (no fix named) or a failed import of the preset's optuna sampler."""
+    code = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
+            f"sys.argv = ['lmp-train', '-m', {override!r}, 'debug=fast']; "
+            "from lmpretrain.train import main; main()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [line]
+    assert not list(tmp_path.rglob("*.ckpt"))  # no job ran

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 
 class LMPretrainError(Exception):
@@ -85,3 +85,12 @@ def exit_on_user_error(fn: F) -> F:
             sys.exit(user_error.exit_status)
 
     return wrapper  # type: ignore[return-value]
+
+
+def exit_missing_extra(command: str, package: str, extra: str) -> NoReturn:
+    """For the stand-ins of Hydra plugins that an extra installs (hydra_plugins/): Hydra builds a
+    plugin outside any entrypoint's error handling, and wraps exceptions into a traceback, but lets
+    SystemExit through."""
+    sys.stderr.write(f"error: {command} needs {package}, which is not installed: pip install 'lmpretrain[{extra}]'\n")
+    sys.stderr.flush()
+    sys.exit(2)
