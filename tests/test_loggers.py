@@ -122,3 +122,35 @@ def test_a_wandb_start_that_fails_in_the_background_is_raised_at_the_next_log_ca
     logger._starting.join()
     with pytest.raises(wandb.errors.CommError, match="could not reach"):
         logger.log_metrics({"train/loss": 1.0}, 1)
+
+
+def test_the_first_training_step_does_not_wait_for_wandb(tmp_path, monkeypatch):
+    """Lightning's setup hook reads `logger.experiment` before the first step; with wandb.init held
+    until the first training batch starts, the run still trains (it waited for nothing) and the run
+    gets every metric and the config once it is up."""
+    import threading
+
+    import lightning as L
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    first_step, real_init, waited = threading.Event(), wandb.init, []
+
+    def init(**kw):
+        waited.append(first_step.wait(30))  # False: fit sat waiting for the run until this timed out
+        return real_init(**kw)
+
+    class Gate(L.Callback):
+        def on_train_batch_start(self, *args):
+            first_step.set()
+
+    monkeypatch.setattr(wandb, "init", init)
+    cfg = make_cfg(tmp_path, [*FAST, "logger=[csv,wandb]"])
+    datamodule, module, trainer = build(cfg)
+    trainer.callbacks.append(Gate())
+    from lmpretrain.run import fit_run
+
+    fit_run(cfg, (datamodule, module, trainer))
+    assert waited == [True]
+    (record,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")  # protobuf: strings stored verbatim
+    assert b"val/loss" in record.read_bytes() and b"max_steps" in record.read_bytes()
