@@ -11,7 +11,8 @@ evaluates the whole validation split every 250 steps with the same batch (128 bl
 after each evaluation. Runs alternate (a, b, a, b, ...); per run: wall time of the whole command,
 peak RSS (the process's maxrss), steady-state training tokens/s (median over the run's logging
 windows), and the wall time of a 1-step run (start-up: imports, data, model, first step, exit).
-Prints each figure and lmpretrain / bare.
+Prints each figure and lmpretrain / bare. Run it from the environment a user trains in
+(`pip install -e .`): it says whether optional packages that slow every start are installed.
 """
 
 from __future__ import annotations
@@ -148,6 +149,13 @@ def main() -> None:
     if args.bare:
         bare(args.steps, args.out)
         return
+    # torchmetrics (imported by Lightning) imports these at start-up whenever they are installed: a dev
+    # environment (scikit-learn pulls scipy) starts slower and larger than `pip install -e .` alone.
+    import importlib.util
+
+    extras = [m for m in ("scipy", "transformers") if importlib.util.find_spec(m)]
+    print(f"installed, imported by torchmetrics at every start: {', '.join(extras) or 'none (a plain install)'}",
+          flush=True)
     results: dict[str, list[dict]] = {"lmpretrain": [], "bare": [], "lmpretrain_1step": [], "bare_1step": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
