@@ -147,6 +147,27 @@ def test_memorized_pairs_are_generated_exactly_by_t5_and_gpt():
         assert metrics["sacrebleu"] == 1.0 and metrics["chrf"] == 1.0, (layout, metrics)
 
 
+def test_validation_decodes_its_first_batches_and_the_test_every_batch():
+    """A validation (run many times while training) decodes `max_eval_batches`; the test decodes every
+    batch by default, so its score is the whole split's, as the baselines are (README: the summary's
+    first 8 test batches have a floor of 0.287, the whole split 0.269), or `max_test_batches`."""
+    dm = dialogue_module("encoder_decoder")
+    model = {"arch": "t5", "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32, "vocab_size": dm.vocab_size}
+    batch = dm.collate_fn([dm.encode(r) for r in PAIRS])
+    for max_test_batches, decoded_test in ((None, 5), (3, 3)):
+        module = Seq2SeqModule(model=model, max_eval_batches=2, max_test_batches=max_test_batches,
+                               **dm.module_arguments())
+        module.connect(tokenizer_json=dm.tokenizer.to_str())
+        module.eval()
+        decoded, generate = [], module.generate_texts
+        module.generate_texts = lambda b: decoded.append(split) or generate(b)
+        for split in ("val", "test"):
+            getattr(module, f"on_{'validation' if split == 'val' else split}_epoch_start")()
+            for _ in range(5):  # 5 batches, each also in the loss
+                module._eval_step(split, batch)
+            assert module.metrics[split]["loss"].weight > 0
+        assert (decoded.count("val"), decoded.count("test")) == (2, decoded_test)
+
 def test_copy_source_adds_a_pointer_head_that_a_pretrained_network_may_lack():
     from lmpretrain.errors import ConfigError
     from lmpretrain.models import EncoderDecoder

@@ -3,11 +3,14 @@
 Training is teacher-forced cross-entropy on the target tokens: an EncoderDecoder reads
 `network(input_ids, decoder_input_ids)`, a GPT reads `source SEP target EOS` as one sequence with
 the loss on the target only (`data.seq2seq.Seq2SeqDataModule` builds both layouts). Validation and
-test log the same loss, and decode the first `max_eval_batches` batches with
-`models.generation.generate` (greedy by default) to score the detokenized outputs against the
-reference texts with `metrics.GenerationMetrics` (`val/sacrebleu`, `val/chrf`, `val/rougeL`, ...).
-Decoding is much slower than the loss, so it runs on those batches only: the generation metrics of
-a validation are over `max_eval_batches * batch_size` examples, the loss over every validation batch.
+test log the same loss, and decode with `models.generation.generate` (greedy by default) to score
+the detokenized outputs against the reference texts with `metrics.GenerationMetrics`
+(`val/sacrebleu`, `val/chrf`, `val/rougeL`, ...). Decoding is much slower than the loss, and
+validation runs many times during training, so a validation decodes only its first
+`max_eval_batches` batches (the loss reads every batch). The test runs once and decodes every batch
+(`max_test_batches`, null = all): its score is the test split's, comparable with a baseline scored
+on the same split. (Scoring the first 8 of 94 test batches made Debian summaries look under the
+first-12-words floor: that floor is 0.287 on those 256 packages, sorted by name, and 0.269 on all.)
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ class Seq2SeqModule(FinetuneModule):
     decoding: greedy | beam | sample; num_beams, length_penalty (beam), temperature, top_p (sample).
     no_repeat_ngram_size: n > 0 bans any n-gram from occurring twice in an output (0 = off).
     max_new_tokens: the longest generated target (capped at an encoder-decoder's block_size).
-    max_eval_batches: validation/test batches that are decoded and scored (null = all).
+    max_eval_batches: validation batches that are decoded and scored (null = all).
+    max_test_batches: test batches that are decoded and scored (null = all, the default).
     metrics: `GenerationMetrics` names (rouge -> rouge1, rouge2, rougeL, rougeLsum).
     copy_source: give an encoder-decoder a pointer-generator copy head (`models.encdec.CopyHead`,
         new parameters `network.copy_head.*` even when the rest is pretrained): each target token is
@@ -49,11 +53,12 @@ class Seq2SeqModule(FinetuneModule):
                  temperature: float = 1.0, top_p: float | None = None, max_new_tokens: int = 64,
                  max_eval_batches: int | None = 4, metrics: list[str] | None = None,
                  optimizer: dict | None = None, scheduler: dict | None = None, copy_source: bool = False,
-                 no_repeat_ngram_size: int = 0):
+                 no_repeat_ngram_size: int = 0, max_test_batches: int | None = None):
         if decoding not in STRATEGIES:
             raise ConfigError(f"task.decoding={decoding!r} must be one of {STRATEGIES}")
-        if max_new_tokens < 1 or num_beams < 1 or (max_eval_batches is not None and max_eval_batches < 0):
-            raise ConfigError("task.max_new_tokens and task.num_beams must be >= 1, task.max_eval_batches >= 0")
+        if max_new_tokens < 1 or num_beams < 1 or any(n is not None and n < 0 for n in (max_eval_batches, max_test_batches)):
+            raise ConfigError("task.max_new_tokens and task.num_beams must be >= 1, "
+                              "task.max_eval_batches and task.max_test_batches >= 0 (or null: all)")
         if no_repeat_ngram_size < 0:
             raise ConfigError(f"task.no_repeat_ngram_size={no_repeat_ngram_size} must be >= 0 (0 = off)")
         super().__init__(model, num_outputs=None, optimizer=optimizer, scheduler=scheduler)
@@ -78,6 +83,7 @@ class Seq2SeqModule(FinetuneModule):
         if isinstance(self.network, EncoderDecoder):
             self.max_new_tokens = min(max_new_tokens, self.network.config.block_size)
         self.max_eval_batches = max_eval_batches
+        self.max_test_batches = max_test_batches
         self.save_hyperparameters()
         names = list(metrics or DEFAULT_METRICS)
         self.metrics = torch.nn.ModuleDict({
@@ -176,7 +182,8 @@ class Seq2SeqModule(FinetuneModule):
         m = self.metrics[split]
         loss, n = self.loss(batch)
         m["loss"].update(loss, weight=max(n, 1))
-        if self.max_eval_batches is None or self._eval_batches < self.max_eval_batches:
+        limit = self.max_eval_batches if split == "val" else self.max_test_batches
+        if limit is None or self._eval_batches < limit:
             self._eval_batches += 1
             m["generation"].update(self.generate_texts(batch), batch["targets"])
 
