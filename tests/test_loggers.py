@@ -154,3 +154,29 @@ def test_the_first_training_step_does_not_wait_for_wandb(tmp_path, monkeypatch):
     assert waited == [True]
     (record,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")  # protobuf: strings stored verbatim
     assert b"val/loss" in record.read_bytes() and b"max_steps" in record.read_bytes()
+
+
+def test_experiment_waits_for_a_starting_run_only_where_wandb_must_come_first(tmp_path, monkeypatch):
+    """While wandb.init runs, `.experiment` is a stand-in (reading it does not wait; using it does),
+    except with sync_tensorboard, where wandb must be up before Lightning's setup creates TensorBoard
+    writers."""
+    import threading
+    from types import SimpleNamespace
+
+    import wandb
+
+    from lmpretrain.loggers import WandbLogger, _StartingRun
+
+    for sync in (False, True):
+        gate = threading.Event()
+        run = SimpleNamespace(config=SimpleNamespace(update=lambda *a, **k: None), id="x")
+        monkeypatch.setattr(wandb, "init", lambda **kw: gate.wait(60) and run)
+        logger = WandbLogger(save_dir=str(tmp_path), project="p", **({"sync_tensorboard": True} if sync else {}))
+        logger.log_hyperparams({"lr": 0.1})  # starts wandb.init, held by the gate
+        threading.Timer(2.0, gate.set).start()
+        experiment = logger.experiment
+        if sync:
+            assert experiment is run  # waited
+        else:
+            assert isinstance(experiment, _StartingRun) and not gate.is_set()
+            assert experiment.id == "x" and logger.experiment is run  # using it waited

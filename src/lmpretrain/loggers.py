@@ -97,7 +97,8 @@ class WandbLogger(LightningWandbLogger):
 
     @property
     def experiment(self):
-        if self._starting is not None and self._starting.is_alive():
+        # sync_tensorboard: wandb must be up before any TensorBoard writer exists (Lightning's setup hook)
+        if self._starting is not None and self._starting.is_alive() and not self._wandb_init.get("sync_tensorboard"):
             return _StartingRun(self)
         self._ready(wait=True)
         return super().experiment
