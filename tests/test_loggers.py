@@ -170,7 +170,7 @@ def test_experiment_waits_for_a_starting_run_only_where_wandb_must_come_first(tm
     for sync in (False, True):
         gate = threading.Event()
         run = SimpleNamespace(config=SimpleNamespace(update=lambda *a, **k: None), id="x")
-        monkeypatch.setattr(wandb, "init", lambda **kw: gate.wait(60) and run)
+        monkeypatch.setattr(wandb, "init", lambda gate=gate, run=run, **kw: gate.wait(60) and run)
         logger = WandbLogger(save_dir=str(tmp_path), project="p", **({"sync_tensorboard": True} if sync else {}))
         logger.log_hyperparams({"lr": 0.1})  # starts wandb.init, held by the gate
         threading.Timer(2.0, gate.set).start()
