@@ -8,6 +8,7 @@ import csv
 import pytest
 
 from conftest import make_cfg
+from lmpretrain.run import fit_run
 from lmpretrain.train import build, train
 
 FAST = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=2",
@@ -148,8 +149,6 @@ def test_the_first_training_step_does_not_wait_for_wandb(tmp_path, monkeypatch):
     cfg = make_cfg(tmp_path, [*FAST, "logger=[csv,wandb]"])
     datamodule, module, trainer = build(cfg)
     trainer.callbacks.append(Gate())
-    from lmpretrain.run import fit_run
-
     fit_run(cfg, (datamodule, module, trainer))
     assert waited == [True]
     (record,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")  # protobuf: strings stored verbatim

@@ -91,7 +91,6 @@ def test_hydra_plugin_scan_leaves_optuna_to_sweeps():
     assert r.stdout.strip() == "[]"
 
 
-
 @pytest.mark.parametrize(("override", "blocked", "line"), [
     ("hparams_search=optuna", ["hydra_plugins.hydra_optuna_sweeper", "optuna"],
      ("error: hparams_search=optuna needs the Optuna sweeper (hydra-optuna-sweeper), which is not installed: "

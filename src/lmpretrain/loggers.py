@@ -42,8 +42,7 @@ class _StartingRun:
         self._logger = logger
 
     def __getattr__(self, name: str) -> Any:
-        self._logger._ready(wait=True)
-        return getattr(self._logger.experiment, name)
+        return getattr(self._logger.started_run(), name)
 
     def __repr__(self) -> str:
         return f"<wandb run {self._logger.version}, starting>"
