@@ -94,7 +94,7 @@ class Preemption(L.Callback):
         if not stop:
             return
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path, weights_only=False)  # everything a resume needs
+        trainer.save_checkpoint(path)  # the whole checkpoint (optimizer, loops, data position): what a resume needs
         name = signal.Signals(self.received or signal.SIGTERM).name
         # Only the notice signal: SIGTERM is also how `scancel` ends a job, which must stay cancelled.
         requeue = self.requeue and self.received == signal.SIGUSR1 and trainer.is_global_zero
