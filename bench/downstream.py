@@ -44,11 +44,16 @@ CPU = ["trainer.accelerator=cpu", "logger=csv"]
 # `shared_corpus` reads the corpus `shared_corpus()` writes (the training text of every set; its
 # path is filled in by `pretrain`); "es" adds the Spanish side of the translation training split.
 MLM_SHARED = ["experiment=bert_mlm_tiny", "data.field=text", "tokenizer.vocab_size=16000"]
+MINI = ["model.n_layer=4", "model.n_head=4", "model.n_embd=256"]  # BERT-Mini (Turc et al. 2019): 4 x 256
 PRETRAIN = {
     "mlm": {"overrides": ["experiment=bert_mlm_tiny"], "steps": 2000},
     "mlm_shared": {"overrides": MLM_SHARED, "steps": 2000, "shared_corpus": True},
     # the same with rotary positions, for extractive QA (see TASKS)
     "mlm_shared_rotary": {"overrides": [*MLM_SHARED, "model.position=rotary"], "steps": 2000, "shared_corpus": True},
+    # the same recipe for a wider, deeper encoder (BERT-Mini's shape): ~3x the compute per step, so its
+    # 2,000 steps cost about what 6,000 of BERT-Tiny do; the scratch runs it is compared with get its shape
+    "mlm_shared_rotary_mini": {"overrides": [*MLM_SHARED, "model.position=rotary", *MINI], "steps": 2000,
+                               "shared_corpus": True},
     "span": {"overrides": ["experiment=t5_span_tiny", "tokenizer.lowercase=false"], "steps": 500},
     # translation: the Debian span model's English WordPiece cuts Spanish into pieces and its decoder
     # never read a Spanish sentence; this one reads both languages (monolingual text, as mBART's
@@ -101,7 +106,8 @@ TASKS = {
 # sooner. QA's 480 s are an estimate for its 1,000 steps.
 SECONDS = {"baseline": 30, "spam": 110, "debian_section": 220, "ner_wnut": 135, "qa_wordnet": 480,
            "similarity_lee": 144, "translation_en_es": 540, "debian_summary": 1320,
-           "mlm": 1215, "mlm_shared": 1215, "mlm_shared_rotary": 1215, "span": 330, "span_shared_es": 450}
+           "mlm": 1215, "mlm_shared": 1215, "mlm_shared_rotary": 1215,
+           "mlm_shared_rotary_mini": 2700, "span": 330, "span_shared_es": 450}
 
 # ---------------------------------------------------------------- (a) classic baselines
 
@@ -323,11 +329,16 @@ class Plan:
         name = self.pretrain_of(task)
         return "pretrained" if name in ("mlm", "span") else f"pretrained_{name}"
 
-    def rotary_scratch(self, task: str) -> bool:  # a rotary encoder is compared with a rotary scratch model
-        return TASKS[task]["pretrain"] == "mlm" and self.args.encoder_pretrain.endswith("rotary")
+    def scratch_shape(self, task: str) -> dict[str, list[str]]:
+        """What a scratch run shares with the encoder it is compared with, by name: rotary positions,
+        BERT-Mini's shape. Empty for tasks that do not start from `--encoder-pretrain`."""
+        name = self.args.encoder_pretrain
+        if TASKS[task]["pretrain"] != "mlm":
+            return {}
+        return {k: v for k, v in (("rotary", ["model.position=rotary"]), ("mini", MINI)) if k in name.split("_")}
 
     def scratch_kind(self, task: str) -> str:
-        return "scratch_rotary" if self.rotary_scratch(task) else "scratch"
+        return "_".join(["scratch", *self.scratch_shape(task)])
 
     def plan(self, tasks: list[str]) -> dict[str, tuple[tuple[str, ...], object]]:
         """key -> (the keys it waits for, a function returning its metrics), in the sequential order:
@@ -337,7 +348,7 @@ class Plan:
         for task in tasks:
             name = self.pretrain_of(task)
             jobs[f"{task}/baseline"] = ((), lambda task=task: baseline(task))
-            extra = ["model.position=rotary"] if self.rotary_scratch(task) else []
+            extra = [o for overrides in self.scratch_shape(task).values() for o in overrides]
             jobs[f"{task}/{self.scratch_kind(task)}"] = ((), lambda task=task, extra=extra: finetune_run(
                 task, None, out, self.ft_scale, self.scratch_kind(task), extra))
             jobs.setdefault(f"pretrain/{name}", ((), lambda name=name: {
@@ -439,10 +450,12 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every pretraining step budget")
     p.add_argument("--finetune-scale", type=float, default=1.0, help="multiplies every fine-tuning step budget")
     p.add_argument("--smoke", action="store_true", help="a few steps each (plumbing check, scale 0.005)")
-    p.add_argument("--encoder-pretrain", default="mlm", choices=["mlm", "mlm_shared", "mlm_shared_rotary"],
+    p.add_argument("--encoder-pretrain", default="mlm", choices=["mlm", "mlm_shared", "mlm_shared_rotary",
+                                                                  "mlm_shared_rotary_mini"],
                    help="what the encoder tasks start from: mlm (Debian descriptions), mlm_shared (the training "
-                        "text of every set, 16k WordPiece) or the same with rotary positions, where the scratch "
-                        "runs get rotary positions too; results other than mlm's are kept apart")
+                        "text of every set, 16k WordPiece), the same with rotary positions, where the scratch "
+                        "runs get rotary positions too, or that with BERT-Mini's 4 x 256 (scratch too); results "
+                        "other than mlm's are kept apart")
     p.add_argument("--out", type=Path, default=REPO / "logs" / "bench_downstream")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, each a worker process with cpu_count / jobs threads (2 on 2 cores: these "

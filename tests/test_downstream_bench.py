@@ -164,6 +164,29 @@ def test_plan_starts_the_longest_chain_of_work_first(tmp_path):
     assert order.index("debian_summary/scratch") < order.index("spam/scratch_rotary")
 
 
+def test_a_scratch_run_gets_the_shape_of_the_encoder_it_is_compared_with(tmp_path, monkeypatch):
+    """`--encoder-pretrain mlm_shared_rotary_mini`: the NER scratch run is BERT-Mini with rotary positions
+    like the pretraining it is compared with, kept apart by its key; QA, which always starts from the
+    Tiny rotary encoder, keeps its own scratch model."""
+    import argparse
+
+    import lmpretrain.finetune
+
+    seen = []
+    monkeypatch.setattr(lmpretrain.finetune, "finetune", lambda cfg: seen.append(cfg) or {})
+    plan = downstream.Plan(argparse.Namespace(out=tmp_path, smoke=False, scale=1.0, finetune_scale=1.0,
+                                              encoder_pretrain="mlm_shared_rotary_mini"), ["ner_wnut", "qa_wordnet"])
+    assert plan.jobs["ner_wnut/pretrained_mlm_shared_rotary_mini"][0] == ("pretrain/mlm_shared_rotary_mini",)
+    assert "pretrain/mlm_shared_rotary_mini" in plan.jobs and "pretrain/mlm_shared_rotary" in plan.jobs
+    plan.jobs["ner_wnut/scratch_rotary_mini"][1]()
+    plan.jobs["qa_wordnet/scratch"][1]()
+    ner, qa = seen
+    assert (ner.model.n_layer, ner.model.n_head, ner.model.n_embd, ner.model.position) == (4, 4, 256, "rotary")
+    assert (qa.model.n_layer, qa.model.n_embd, qa.model.position) == (2, 128, "rotary")
+    pretrain = downstream.PRETRAIN["mlm_shared_rotary_mini"]["overrides"]
+    assert all(o in pretrain for o in [*downstream.MINI, "model.position=rotary"])
+
+
 def test_pretrained_only_settings_and_folds_reach_the_runs(tmp_path, monkeypatch):
     """The composed configs the table's runs get: LP-FT (`pretrained_overrides`) only in the pretrained
     NER run; similarity_lee once per fold (data.fold 0-3, each in its own folder), returned as the
