@@ -103,7 +103,8 @@ TASKS = {
 # Seconds of one run at `--jobs 2` on the 2-core machine (2026-12-03, step scale 1): only the order in
 # which `--jobs` starts the runs depends on them. One thread per run is slower than two for one run
 # (QA 647 s vs 435 at 2,000 steps, translation 538 vs 270), but two at once finish the table 1.85x
-# sooner. QA's 480 s are an estimate for its 1,000 steps.
+# sooner. QA's 480 s are an estimate for its 1,000 steps, and so are BERT-Mini's 2,700 (its pretraining took
+# 1,730 s alone on two threads, 2026-12-05; one thread beside another run is slower).
 SECONDS = {"baseline": 30, "spam": 110, "debian_section": 220, "ner_wnut": 135, "qa_wordnet": 480,
            "similarity_lee": 144, "translation_en_es": 540, "debian_summary": 1320,
            "mlm": 1215, "mlm_shared": 1215, "mlm_shared_rotary": 1215,
