@@ -54,6 +54,10 @@ PRETRAIN = {
     # 2,000 steps cost about what 6,000 of BERT-Tiny do; the scratch runs it is compared with get its shape
     "mlm_shared_rotary_mini": {"overrides": [*MLM_SHARED, "model.position=rotary", *MINI], "steps": 2000,
                                "shared_corpus": True},
+    # ELECTRA's replaced-token detection on the same corpus, tokenizer, shape and steps as mlm_shared_rotary:
+    # the discriminator learns from every token where MLM learns from 15% (objectives/electra.py)
+    "electra_shared_rotary": {"overrides": ["experiment=electra_tiny", "data.field=text", "tokenizer.vocab_size=16000",
+                                            "model.position=rotary"], "steps": 2000, "shared_corpus": True},
     "span": {"overrides": ["experiment=t5_span_tiny", "tokenizer.lowercase=false"], "steps": 500},
     # translation: the Debian span model's English WordPiece cuts Spanish into pieces and its decoder
     # never read a Spanish sentence; this one reads both languages (monolingual text, as mBART's
@@ -108,7 +112,7 @@ TASKS = {
 SECONDS = {"baseline": 30, "spam": 110, "debian_section": 220, "ner_wnut": 135, "qa_wordnet": 480,
            "similarity_lee": 144, "translation_en_es": 540, "debian_summary": 1320,
            "mlm": 1215, "mlm_shared": 1215, "mlm_shared_rotary": 1215,
-           "mlm_shared_rotary_mini": 2700, "span": 330, "span_shared_es": 450}
+           "mlm_shared_rotary_mini": 2700, "electra_shared_rotary": 1300, "span": 330, "span_shared_es": 450}
 
 # ---------------------------------------------------------------- (a) classic baselines
 
@@ -311,6 +315,15 @@ def finetune_run(task: str, ckpt: Path | None, out: Path, scale: float, kind: st
     return fold_means(runs, TASKS[task]["metrics"])
 
 
+def seeded(kind: str, seed: int | None) -> str:
+    return kind if seed is None else f"{kind}@seed{seed}"
+
+
+def folder_kind(kind: str) -> str:
+    """A run's folder name from its kind: `scratch@seed1` -> `scratch_seed1`."""
+    return kind.replace("@", "_")
+
+
 class Plan:
     """Every run of the table as a job: `key` (its results.json key) -> what it runs and the jobs it
     waits for. The same plan runs in this process one job after another (`--jobs 1`), or as
@@ -349,15 +362,27 @@ class Plan:
         for task in tasks:
             name = self.pretrain_of(task)
             jobs[f"{task}/baseline"] = ((), lambda task=task: baseline(task))
-            extra = [o for overrides in self.scratch_shape(task).values() for o in overrides]
-            jobs[f"{task}/{self.scratch_kind(task)}"] = ((), lambda task=task, extra=extra: finetune_run(
-                task, None, out, self.ft_scale, self.scratch_kind(task), extra))
             jobs.setdefault(f"pretrain/{name}", ((), lambda name=name: {
                 "steps": steps(PRETRAIN[name]["steps"], self.scale),
                 "ok": float(pretrain(name, out, self.scale).is_file())}))
-            jobs[f"{task}/{self.pretrained_kind(task)}"] = ((f"pretrain/{name}",), lambda task=task, name=name: (
-                finetune_run(task, pretrain(name, out, self.scale), out, self.ft_scale, self.pretrained_kind(task))))
+            for seed in self.seeds:
+                scratch, pretrained = seeded(self.scratch_kind(task), seed), seeded(self.pretrained_kind(task), seed)
+                extra = [o for overrides in self.scratch_shape(task).values() for o in overrides]
+                extra += [] if seed is None else [f"seed={seed}"]
+                jobs[f"{task}/{scratch}"] = ((), lambda task=task, extra=extra, kind=scratch: finetune_run(
+                    task, None, out, self.ft_scale, folder_kind(kind), extra))
+                seed_extra = [] if seed is None else [f"seed={seed}"]
+                jobs[f"{task}/{pretrained}"] = ((f"pretrain/{name}",), lambda task=task, name=name, kind=pretrained,
+                                                seed_extra=seed_extra: finetune_run(
+                    task, pretrain(name, out, self.scale), out, self.ft_scale, folder_kind(kind), seed_extra))
         return jobs
+
+    @property
+    def seeds(self) -> list[int | None]:
+        """`--seeds 1,2,3`: every fine-tuning once per seed (keys `<task>/<kind>@seed<S>`); None: the
+        configs' own seed, keys without a suffix (the table's runs)."""
+        given = getattr(self.args, "seeds", None)
+        return [int(s) for s in given.split(",")] if given else [None]
 
     def seconds(self, key: str) -> float:
         """About how long the run takes at `--jobs 2` on 2 cores (SECONDS, times the step scale)."""
@@ -377,6 +402,7 @@ class Plan:
         a = self.args
         cmd = [sys.executable, str(Path(__file__).resolve()), "--job", key, "--out", str(a.out), "--scale",
                str(a.scale), "--finetune-scale", str(a.finetune_scale), "--encoder-pretrain", a.encoder_pretrain]
+        cmd += ["--seeds", a.seeds] if getattr(a, "seeds", None) else []
         return cmd + (["--smoke"] if a.smoke else [])
 
 
@@ -452,11 +478,13 @@ def main() -> None:
     p.add_argument("--finetune-scale", type=float, default=1.0, help="multiplies every fine-tuning step budget")
     p.add_argument("--smoke", action="store_true", help="a few steps each (plumbing check, scale 0.005)")
     p.add_argument("--encoder-pretrain", default="mlm", choices=["mlm", "mlm_shared", "mlm_shared_rotary",
-                                                                  "mlm_shared_rotary_mini"],
+                                                                  "mlm_shared_rotary_mini", "electra_shared_rotary"],
                    help="what the encoder tasks start from: mlm (Debian descriptions), mlm_shared (the training "
                         "text of every set, 16k WordPiece), the same with rotary positions, where the scratch "
-                        "runs get rotary positions too, or that with BERT-Mini's 4 x 256 (scratch too); results "
-                        "other than mlm's are kept apart")
+                        "runs get rotary positions too, or that with BERT-Mini's 4 x 256 (scratch too), or ELECTRA's "
+                        "replaced-token detection in mlm_shared_rotary's place; results other than mlm's are kept apart")
+    p.add_argument("--seeds", help="comma-separated: fine-tune every scratch and pretrained run once per seed "
+                                   "(one pretraining); the table shows the mean and each seed's value")
     p.add_argument("--out", type=Path, default=REPO / "logs" / "bench_downstream")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, each a worker process with cpu_count / jobs threads (2 on 2 cores: these "
@@ -513,11 +541,15 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for task in tasks:
         for metric in TASKS[task]["metrics"]:
-            keys = [f"{task}/{kind}" for kind in ("baseline", plan.scratch_kind(task), plan.pretrained_kind(task))]
-            row = [results[k]["metrics"].get(metric, float("nan")) for k in keys]
-            ratio = row[2] / row[1] if row[1] else float("inf")
-            secs = f"{results[keys[1]]['seconds']:.0f} / {results[keys[2]]['seconds']:.0f}"
-            print(f"| {task} | {metric} | {row[0]:.3f} | {row[1]:.3f} | {row[2]:.3f} | {ratio:.2f} | {secs} |")
+            base = results[f"{task}/baseline"]["metrics"].get(metric, float("nan"))
+            arms = [[results[f"{task}/{seeded(kind, seed)}"] for seed in plan.seeds]
+                    for kind in (plan.scratch_kind(task), plan.pretrained_kind(task))]
+            means = [sum(r["metrics"].get(metric, float("nan")) for r in runs) / len(runs) for runs in arms]
+            cells = [f"{m:.3f}" + ("" if len(runs) == 1 else " (" + " / ".join(
+                f"{r['metrics'].get(metric, float('nan')):.3f}" for r in runs) + ")") for m, runs in zip(means, arms)]
+            ratio = means[1] / means[0] if means[0] else float("inf")
+            secs = " / ".join(f"{sum(r['seconds'] for r in runs) / len(runs):.0f}" for runs in arms)
+            print(f"| {task} | {metric} | {base:.3f} | {cells[0]} | {cells[1]} | {ratio:.2f} | {secs} |")
     for name in sorted({plan.pretrain_of(t) for t in tasks}):
         print(f"pretraining {name}: {results[f'pretrain/{name}']['seconds']:.0f} s")
     print(f"this invocation: {wall:.0f} s of wall time with --jobs {args.jobs} (runs already in results.json "

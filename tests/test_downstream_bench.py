@@ -187,6 +187,30 @@ def test_a_scratch_run_gets_the_shape_of_the_encoder_it_is_compared_with(tmp_pat
     assert all(o in pretrain for o in [*downstream.MINI, "model.position=rotary"])
 
 
+def test_seeds_run_every_fine_tuning_once_per_seed_from_one_pretraining(tmp_path, monkeypatch):
+    """`--seeds 1,2`: both arms once per seed, each with that seed and a folder of its own, all waiting
+    for the one pretraining; the workers get the same seeds."""
+    import argparse
+
+    import lmpretrain.finetune
+
+    seen = []
+    monkeypatch.setattr(lmpretrain.finetune, "finetune", lambda cfg: seen.append(cfg) or {})
+    args = argparse.Namespace(out=tmp_path, smoke=False, scale=1.0, finetune_scale=1.0,
+                              encoder_pretrain="electra_shared_rotary", seeds="1,2")
+    plan = downstream.Plan(args, ["ner_wnut"])
+    runs = [k for k in plan.jobs if k.startswith("ner_wnut/") and k != "ner_wnut/baseline"]
+    assert runs == ["ner_wnut/scratch_rotary@seed1", "ner_wnut/pretrained_electra_shared_rotary@seed1",
+                    "ner_wnut/scratch_rotary@seed2", "ner_wnut/pretrained_electra_shared_rotary@seed2"]
+    assert {plan.jobs[k][0] for k in runs if "pretrained" in k} == {("pretrain/electra_shared_rotary",)}
+    assert [k for k in plan.jobs if k.startswith("pretrain/")] == ["pretrain/electra_shared_rotary"]
+    plan.jobs["ner_wnut/scratch_rotary@seed1"][1]()
+    plan.jobs["ner_wnut/scratch_rotary@seed2"][1]()
+    assert [(c.seed, c.model.position, Path(c.paths.output_dir).name) for c in seen] == [
+        (1, "rotary", "ner_wnut_scratch_rotary_seed1"), (2, "rotary", "ner_wnut_scratch_rotary_seed2")]
+    assert plan.worker_command("ner_wnut/scratch_rotary@seed1")[-2:] == ["--seeds", "1,2"]
+
+
 def test_pretrained_only_settings_and_folds_reach_the_runs(tmp_path, monkeypatch):
     """The composed configs the table's runs get: LP-FT (`pretrained_overrides`) only in the pretrained
     NER run; similarity_lee once per fold (data.fold 0-3, each in its own folder), returned as the

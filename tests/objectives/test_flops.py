@@ -13,6 +13,7 @@ from conftest import SHAKESPEARE
 from lmpretrain.module import LMModule
 from lmpretrain.objectives import CausalLMModule
 from lmpretrain.objectives.contrastive import ContrastiveModule
+from lmpretrain.objectives.electra import ElectraModule
 from lmpretrain.objectives.masked_lm import MaskedLMModule
 from lmpretrain.objectives.span_corruption import SpanCorruptionModule
 from lmpretrain.tokenizers import TokenizerConfig, train_tokenizer
@@ -62,6 +63,7 @@ def test_causal_lm_count_matches_the_matmuls_run():
 
 @pytest.mark.parametrize("cls, arch, dropout", [
     (MaskedLMModule, "bert", 0.0),         # its head on the masked share only
+    (ElectraModule, "bert", 0.0),          # both stacks on every token, the generator's head on the masked share
     (SpanCorruptionModule, "t5", 0.0),     # its decoder and LM head on the span targets only
     (ContrastiveModule, "bert", 0.1),      # two passes of the blocks (dropout views), no head
     (ContrastiveModule, "t5", 0.1),        # the same through a T5's encoder

@@ -7,7 +7,7 @@ from conftest import make_cfg
 from lmpretrain.train import build
 
 
-@pytest.mark.parametrize("experiment", ["bert_mlm_sop_tiny", "bert_mlm_tiny", "t5_span_tiny", "simcse_tiny",
+@pytest.mark.parametrize("experiment", ["bert_mlm_sop_tiny", "bert_mlm_tiny", "electra_tiny", "t5_span_tiny", "simcse_tiny",
                                         "shakespeare_char"])
 def test_optimizer_holds_every_trainable_parameter(tmp_path, experiment):
     _, module, _ = build(make_cfg(tmp_path, [f"experiment={experiment}", "debug=fast"]))

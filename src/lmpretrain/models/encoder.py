@@ -96,16 +96,19 @@ class Encoder(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids, attention_mask (1 = token, 0 = padding), token_type_ids: (B, T) -> (B, T, C)."""
-        x = embed_tokens(self, input_ids, self.pos_emb)  # (B, T, C)
-        if self.seg_emb is not None:
-            x = x + self.seg_emb(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
-        if self.emb_norm is not None:
-            x = self.emb_norm(x)
-        x = self.drop(x)
+        x = self.drop(self.embed(input_ids, token_type_ids))
         mask = padding_mask(attention_mask)
         for block in self.blocks:
             x = block(x, mask=mask)
         return x if self.final_norm is None else self.final_norm(x)
+
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Token + position (+ segment) embeddings, normalized for post-norm: (B, T) -> (B, T, C), before
+        dropout. ELECTRA's generator reads the same embeddings (objectives/electra.py)."""
+        x = embed_tokens(self, input_ids, self.pos_emb)
+        if self.seg_emb is not None:
+            x = x + self.seg_emb(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
+        return x if self.emb_norm is None else self.emb_norm(x)
 
     def pool(self, h: torch.Tensor) -> torch.Tensor:
         """BERT's pooled output: tanh(dense(h[:, 0])), the [CLS] summary used by NSP/SOP. (B, C)."""
