@@ -91,6 +91,7 @@ OBJECTIVE_RUNS = {  # {corpus} = small_corpus
     # {teacher}: a 2-step gpt_tiny of the same char tokenizer (fixture distill_teacher)
     "distill": ["objective.teacher={teacher}", "model.n_layer=2", "model.n_embd=64", "model.n_head=2"],
     "contrastive": ["data=pairs", "data.files=['{corpus}']", "data.examples=texts", *ENCODER, "model=bert_tiny"],
+    "electra": ["data=text", "data.files=['{corpus}']", *ENCODER, "model=bert_tiny"],
     "mlm": ["data=text", "data.files=['{corpus}']", *ENCODER, "model=bert_tiny"],
     "mlm_nsp": ["data=pairs", "data.files=['{corpus}']", "data.examples=nsp", *ENCODER, "model=bert_tiny"],
     "mlm_sop": ["data=pairs", "data.files=['{corpus}']", "data.examples=sop", *ENCODER, "model=bert_tiny"],
@@ -145,6 +146,11 @@ def test_every_objective_trains_a_step_from_chance(tmp_path, small_corpus, objec
         assert m["val/loss"] == pytest.approx(m["val/mlm_loss"] + m[f"val/{pair}_loss"], abs=1e-5)
         assert m["val/ppl"] == pytest.approx(math.exp(m["val/mlm_loss"]), rel=1e-4)
         assert 0 <= m[f"val/{pair}_acc"] <= 1 and 0 <= m["val/mlm_acc"] <= 1
+    elif objective == "electra":  # the generator's MLM at ln V, the detector's near-zero logits at ln 2
+        assert m["train/mlm_loss"] == pytest.approx(ln_vocab, abs=0.25)
+        assert m["train/rtd_loss"] == pytest.approx(math.log(2), abs=0.1)
+        assert m["train/loss"] == pytest.approx(m["train/mlm_loss"] + 50 * m["train/rtd_loss"], rel=1e-5)
+        assert m["val/loss"] == pytest.approx(m["val/mlm_loss"] + 50 * m["val/rtd_loss"], rel=1e-5)
     elif objective == "multitask":
         weights = {name: float(loss.weight) for name, loss in cfg.objective.losses.items()}
         assert weights == {"mlm": 0.7, "sop": 0.3}

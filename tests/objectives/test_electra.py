@@ -141,15 +141,34 @@ def test_checkpoint_holds_the_generator_apart_and_fine_tunes_as_an_encoder(tmp_p
 
 
 @pytest.mark.slow
-def test_electra_learns_to_detect_replacements_on_debian(tmp_path):
-    """The bar is the detector that answers "original" everywhere: its accuracy is 1 - the replaced share."""
+def test_electra_learns_a_rule_that_needs_context(tmp_path):
+    """Texts that cycle through 20 tokens: which token belongs at a position follows from its
+    neighbours alone, so both networks can learn it only through attention. The bar is the detector
+    that knows only how often tokens are replaced: the entropy of that share (its loss) and 1 - the
+    share (its accuracy, "original" everywhere). Rotary positions: with BERT's learned ones neither
+    this nor plain MLM leaves the unigram plateau in 300 steps (README, "ELECTRA")."""
     require_data("debian_packages.train.jsonl.gz")
-    metrics = train(make_cfg(tmp_path, ["experiment=electra_tiny", "logger=csv", "trainer.max_steps=300",
-                                        "trainer.val_check_interval=300", "trainer.limit_val_batches=10",
-                                        "model.block_size=64", "callbacks.samples=null"]))
-    acc, replaced = metrics["val/rtd_acc"], metrics["val/replaced"]
-    print(f"\nelectra_tiny 300 steps: val/rtd_acc {acc:.4f}, all-original {1 - replaced:.4f}, "
-          f"val/mlm_acc {metrics['val/mlm_acc']:.4f}, val/rtd_loss {metrics['val/rtd_loss']:.4f}")
-    assert 0.02 < replaced < 0.15  # the generator has learned to put back some originals
-    assert acc > 1 - replaced + 0.01, (acc, replaced)
-    assert metrics["val/rtd_loss"] < -(replaced * np.log(replaced) + (1 - replaced) * np.log(1 - replaced))
+    _, module, _ = build(make_cfg(tmp_path, ["experiment=electra_tiny", "debug=fast", "model.dropout=0.0",
+                                             "model.block_size=32", "model.position=rotary"]))
+    loss, k = module.electra, 20
+    cycle = loss.masker.random_ids[torch.randperm(len(loss.masker.random_ids),
+                                                  generator=torch.Generator().manual_seed(0))[:k]]
+    params = list(module.trained_modules().parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    torch.manual_seed(0)
+    history = []
+    for step in range(300):
+        start = torch.randint(k, (32, 1), generator=torch.Generator().manual_seed(step))
+        out = loss._losses(module.network, {"input_ids": cycle[(start + torch.arange(32)) % k]}, seed=step)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        history.append([out[key].item() for key in ("mlm_loss", "rtd_loss", "rtd_acc", "replaced")])
+    mlm, rtd, acc, replaced = np.mean(history[-20:], axis=0)
+    entropy = -(replaced * np.log(replaced) + (1 - replaced) * np.log(1 - replaced))
+    print(f"\nlast 20 of 300 steps: generator loss {mlm:.3f} (ln 20 = {np.log(k):.3f}), detector loss {rtd:.4f} "
+          f"(base rate {entropy:.4f}), accuracy {acc:.4f} (all original {1 - replaced:.4f})")
+    assert mlm < 0.5 * np.log(k)  # the generator reads the neighbours
+    assert replaced < 0.12  # so it puts back more originals than a uniform pick over the 20 would (0.15 x 19/20)
+    assert rtd < 0.5 * entropy and acc > 1 - replaced + 0.03, (rtd, entropy, acc, replaced)
