@@ -137,6 +137,37 @@ def test_wordpiece_ids_do_not_depend_on_how_the_trainer_numbered_them():
     assert [trained.id_to_token(i) for i in range(n, 1000)] == sorted(rest)
 
 
+def test_concurrent_trainings_of_one_tokenizer_end_with_the_first_published(tmp_path, monkeypatch):
+    """Two processes that train the same WordPiece at once can learn different ones (ties between
+    equally frequent merges are broken per process: 18 of 5,632 tokens differed on the WNUT tweets),
+    and a cache write that replaced left each with its own. Now the one published first wins: a
+    process that finds the cache filled while it trained uses that file, and the file is kept."""
+    from tokenizers import Tokenizer
+
+    import lmpretrain.tokenizers.build as build
+
+    cfg = TokenizerConfig(kind="wordpiece", vocab_size=200, special_tokens=["[PAD]"], unk_token="[UNK]")
+    texts = ["the cat sat on the mat", "a dog ate the hat"] * 20
+    winner = train_tokenizer(cfg, iter(["zebras quiz jumping foxes"] * 20))  # stands for another process's result
+    real_train = build.train_tokenizer
+    # the cache path this config and corpus get (a first training in another cache folder shows it)
+    _, probe = build.load_or_train_tokenizer(cfg, lambda: iter(texts), "corpus", tmp_path / "probe")
+    target = tmp_path / "cache" / probe.parent.name / "tokenizer.json"
+
+    def train_while_another_publishes(c, t):
+        ours = real_train(c, t)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        winner.save(str(target))  # the other process finished first
+        return ours
+
+    monkeypatch.setattr(build, "train_tokenizer", train_while_another_publishes)
+    tok, path = build.load_or_train_tokenizer(cfg, lambda: iter(texts), "corpus", tmp_path / "cache")
+    assert path == target
+    assert tok.to_str() == winner.to_str() != Tokenizer.from_file(str(probe)).to_str()
+    assert Tokenizer.from_file(str(path)).to_str() == winner.to_str()  # kept, not replaced
+    assert sorted(p.name for p in path.parent.iterdir()) == ["tokenizer.json"]  # no temp file left
+
+
 def test_datamodule_streams_real_corpus_and_separates_documents(tmp_path):
     docs = ["first document.", "second one, a bit longer.", "third."] * 50
     path = tmp_path / "docs.jsonl"

@@ -73,6 +73,40 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_create(path: Path, write: Callable[[Path], None]) -> bool:
+    """`atomic_write` that never replaces: True if this call published `path`, False if another writer
+    had already published one (kept as it is; read it instead). For caches that concurrent processes
+    fill with results that may differ (a tokenizer trainer that breaks ties per process): whoever
+    finishes first wins and every later process reads the winner's file. A filesystem without hard
+    links falls back to replacing, as `atomic_write` does."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # atomic, and fails where `path` exists
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno in DISK_FULL:
+                raise
+            os.replace(tmp, path)
+        fsync_dir(path.parent)
+        return True
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise DiskFullError(f"disk full writing {path} ({os.strerror(e.errno)}); free space on that disk or "
+                                f"write elsewhere, then run again") from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_bytes(path: Path, data: bytes | memoryview, chunk: int = 1 << 24) -> None:
     """Write `data` to `path` in chunks (an error such as ENOSPC surfaces as an OSError)."""
     view = memoryview(data)

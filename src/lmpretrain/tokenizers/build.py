@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from lmpretrain.atomic import atomic_write
+from lmpretrain.atomic import atomic_create
 from lmpretrain.errors import ConfigError
 
 KINDS = ("char", "bpe", "wordpiece", "unigram")
@@ -130,7 +130,11 @@ def canonical_ids(tok: Tokenizer, n_special: int) -> Tokenizer:
 
     What renumbering cannot fix: the trainer breaks ties between equally frequent merges by those
     per-process ids, so at the edge of the vocabulary a few tokens can still differ between processes
-    (4 of 1,000 in one of five runs on tiny-shakespeare; none of 8,192 in two runs on spam). The
+    (4 of 1,000 in one of five runs on tiny-shakespeare; none of 8,192 in two runs on spam; on the
+    1,925 WNUT tweets, where the merges run out before the vocabulary fills, 18 tokens and the
+    vocabulary size, 5,632 vs 5,630, so the scratch NER model differed too). The cache makes every
+    later run of a checkout reuse the first tokenizer, and `load_or_train_tokenizer` keeps the first
+    one published when processes train at once. The
     Unigram trainer is not deterministic either, and cannot be fixed by
     renumbering: its scores differ in the last bits between processes, and the rare characters it
     appends get made-up scores in hash-map order; no preset uses it."""
@@ -167,7 +171,12 @@ def load_or_train_tokenizer(
         return Tokenizer.from_file(str(path)), path
     tok = train_tokenizer(cfg, texts())
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: tok.save(str(tmp)))  # a concurrent rank never reads a half-written file
+    # Never half-written, and never replaced: two processes that train the same tokenizer at once (two
+    # runs of `bench/downstream.py --jobs 2` on a cold cache) can learn different ones (`canonical_ids`:
+    # 18 of 5,632 WordPiece tokens differed on the WNUT tweets, and the vocabulary sizes), so the one
+    # that lands first is the one both use.
+    if not atomic_create(path, lambda tmp: tok.save(str(tmp))):
+        return Tokenizer.from_file(str(path)), path
     return tok, path
 
 
