@@ -144,7 +144,7 @@ def test_concurrent_trainings_of_one_tokenizer_end_with_the_first_published(tmp_
     process that finds the cache filled while it trained uses that file, and the file is kept."""
     from tokenizers import Tokenizer
 
-    import lmpretrain.tokenizers.build as build
+    from lmpretrain.tokenizers import build
 
     cfg = TokenizerConfig(kind="wordpiece", vocab_size=200, special_tokens=["[PAD]"], unk_token="[UNK]")
     texts = ["the cat sat on the mat", "a dog ate the hat"] * 20
