@@ -51,8 +51,9 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp), fsync tmp, rename it over `path`: readers see the old file or the whole new one."""
+def _publish(path: Path, write: Callable[[Path], None], place: Callable[[Path, Path], bool]) -> bool:
+    """write(tmp), fsync tmp, then place(tmp, path) (True if it put tmp at `path`), then fsync the folder;
+    a full disk becomes one DiskFullError; the temp file never stays."""
     path = Path(path)
     tmp = temp_path(path)
     try:
@@ -62,8 +63,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        placed = place(tmp, path)
+        if placed:
+            fsync_dir(path.parent)
+        return placed
     except OSError as e:
         if e.errno in DISK_FULL:
             raise DiskFullError(f"disk full writing {path} ({os.strerror(e.errno)}); the previous {path.name} is "
@@ -73,38 +76,35 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _replace(tmp: Path, path: Path) -> bool:
+    os.replace(tmp, path)
+    return True
+
+
+def _link_if_absent(tmp: Path, path: Path) -> bool:
+    try:
+        os.link(tmp, path)  # atomic, and fails where `path` exists
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise
+        os.replace(tmp, path)  # a filesystem without hard links
+    return True
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp), fsync tmp, rename it over `path`: readers see the old file or the whole new one."""
+    _publish(path, write, _replace)
+
+
 def atomic_create(path: Path, write: Callable[[Path], None]) -> bool:
     """`atomic_write` that never replaces: True if this call published `path`, False if another writer
     had already published one (kept as it is; read it instead). For caches that concurrent processes
     fill with results that may differ (a tokenizer trainer that breaks ties per process): whoever
     finishes first wins and every later process reads the winner's file. A filesystem without hard
     links falls back to replacing, as `atomic_write` does."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # atomic, and fails where `path` exists
-        except FileExistsError:
-            return False
-        except OSError as e:
-            if e.errno in DISK_FULL:
-                raise
-            os.replace(tmp, path)
-        fsync_dir(path.parent)
-        return True
-    except OSError as e:
-        if e.errno in DISK_FULL:
-            raise DiskFullError(f"disk full writing {path} ({os.strerror(e.errno)}); free space on that disk or "
-                                f"write elsewhere, then run again") from None
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
+    return _publish(path, write, _link_if_absent)
 
 
 def write_bytes(path: Path, data: bytes | memoryview, chunk: int = 1 << 24) -> None:

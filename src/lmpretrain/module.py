@@ -164,13 +164,18 @@ class LMModule(L.LightningModule):
     def on_train_start(self) -> None:
         self._clip_params = None
 
+    def trained_modules(self) -> torch.nn.Module:
+        """What the optimizer updates: the network (heads included), which DDP/FSDP wrap and checkpoints
+        name. An objective that trains parts outside it (distillation's projections, ELECTRA's
+        generator) returns them with it."""
+        return self.network
+
     def configure_optimizers(self):
-        # Every trained weight lives in `self.network` (heads included), which is what DDP/FSDP wrap
-        # and checkpoints name; a parameter elsewhere would silently never be updated.
-        outside = [n for n, p in self.named_parameters() if p.requires_grad and not n.startswith("network.")]
-        if outside:
-            raise RuntimeError(f"{type(self).__name__} has trainable parameters outside self.network: {outside[:5]}")
-        optimizer = build_optimizer(self.network, **self.optimizer_cfg)
+        # A trainable parameter the optimizer does not hold would silently never be updated.
+        trained = {id(p) for p in self.trained_modules().parameters()}
+        if outside := [n for n, p in self.named_parameters() if p.requires_grad and id(p) not in trained]:
+            raise RuntimeError(f"{type(self).__name__} has trainable parameters it does not optimize: {outside[:5]}")
+        optimizer = build_optimizer(self.trained_modules(), **self.optimizer_cfg)
         scheduler = build_scheduler(optimizer, **self.scheduler_cfg)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

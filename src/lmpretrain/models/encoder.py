@@ -17,6 +17,7 @@ from lmpretrain.models.blocks import (
     ACTIVATIONS,
     Block,
     LayerConfig,
+    Rotary,
     add_token_embeddings,
     embed_tokens,
     init_weights,
@@ -48,6 +49,17 @@ def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if attention_mask is None else attention_mask.bool()[:, None, None, :]
 
 
+def encoder_stack(c: EncoderConfig, rotary: Rotary | None) -> tuple[nn.ModuleList, nn.LayerNorm | None]:
+    """The bidirectional blocks of shape `c` and, for pre-norm, the final norm (ELECTRA's generator
+    builds its narrower stack with this too)."""
+    blocks = nn.ModuleList(
+        Block(c.n_embd, c.n_head, c.dropout, c.bias, c.mlp_ratio, rotary=rotary, pre_norm=c.pre_norm,
+              norm_eps=c.norm_eps, activation=c.activation)
+        for _ in range(c.n_layer)
+    )
+    return blocks, (nn.LayerNorm(c.n_embd, eps=c.norm_eps) if c.pre_norm else None)
+
+
 class MLMHead(nn.Module):
     """BERT's prediction head: dense + activation + norm, then the (tied) vocabulary projection."""
 
@@ -74,12 +86,7 @@ class Encoder(nn.Module):
         # Post-norm normalizes the summed embeddings (BERT); pre-norm normalizes the output instead.
         self.emb_norm = None if c.pre_norm else nn.LayerNorm(c.n_embd, eps=c.norm_eps)
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(
-            Block(c.n_embd, c.n_head, c.dropout, c.bias, c.mlp_ratio, rotary=rotary, pre_norm=c.pre_norm,
-                  norm_eps=c.norm_eps, activation=c.activation)
-            for _ in range(c.n_layer)
-        )
-        self.final_norm = nn.LayerNorm(c.n_embd, eps=c.norm_eps) if c.pre_norm else None
+        self.blocks, self.final_norm = encoder_stack(c, rotary)
         self.pooler = nn.Linear(c.n_embd, c.n_embd)
         # NSP / SOP classifier on the pooled state (BERT's `cls.seq_relationship`): part of the network
         # so the optimizer, DDP and FSDP all see it like every other weight.

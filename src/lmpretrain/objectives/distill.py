@@ -297,16 +297,6 @@ class DistillModule(PretrainModule):
         if first and shard is not None and projection is not None and any(True for _ in projection.parameters()):
             shard(projection)  # FSDP2: its gradients are reduced across ranks like the network's
 
-    def configure_optimizers(self):
-        from lmpretrain.optim import build_optimizer, build_scheduler
-
-        trained = {id(p) for p in self.trained_modules().parameters()}
-        if outside := [n for n, p in self.named_parameters() if p.requires_grad and id(p) not in trained]:
-            raise RuntimeError(f"{type(self).__name__} has trainable parameters it does not optimize: {outside[:5]}")
-        optimizer = build_optimizer(self.trained_modules(), **self.optimizer_cfg)
-        scheduler = build_scheduler(optimizer, **self.scheduler_cfg)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         projection = self.distill.projection

@@ -40,7 +40,7 @@ from torchmetrics import MeanMetric
 from lmpretrain.errors import ConfigError
 from lmpretrain.metrics import TokenNLL
 from lmpretrain.models.blocks import ACTIVATIONS, Block, Rotary, init_weights
-from lmpretrain.models.encoder import Encoder, EncoderConfig, padding_mask
+from lmpretrain.models.encoder import Encoder, EncoderConfig, encoder_stack, padding_mask
 from lmpretrain.module import RuntimeOptions, block_flops_per_token
 from lmpretrain.objectives.masked_lm import MaskedLMLoss
 from lmpretrain.objectives.pretrain import Loss, PretrainModule, derive_seed, torch_generator
@@ -74,12 +74,7 @@ class Generator(nn.Module):
         self.proj_in = nn.Linear(disc.n_embd, c.n_embd) if c.n_embd != disc.n_embd else nn.Identity()
         rotary = Rotary(c.head_dim, c.block_size) if c.position == "rotary" else None
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(
-            Block(c.n_embd, c.n_head, c.dropout, c.bias, c.mlp_ratio, rotary=rotary, pre_norm=c.pre_norm,
-                  norm_eps=c.norm_eps, activation=c.activation)
-            for _ in range(c.n_layer)
-        )
-        self.final_norm = nn.LayerNorm(c.n_embd, eps=c.norm_eps) if c.pre_norm else None
+        self.blocks, self.final_norm = encoder_stack(c, rotary)
         # BERT's prediction head back to the embedding width, then the discriminator's token embedding.
         self.dense = nn.Linear(c.n_embd, disc.n_embd)
         self.act = ACTIVATIONS[c.activation]
@@ -243,16 +238,6 @@ class ElectraModule(PretrainModule):
             raise ConfigError("objective=electra does not run under a sharded strategy (FSDP2 / tensor parallel): "
                               "its generator reads the network's embeddings outside the network; use strategy=ddp")
         super().configure_model()
-
-    def configure_optimizers(self):
-        from lmpretrain.optim import build_optimizer, build_scheduler
-
-        trained = {id(p) for p in self.trained_modules().parameters()}
-        if outside := [n for n, p in self.named_parameters() if p.requires_grad and id(p) not in trained]:
-            raise RuntimeError(f"{type(self).__name__} has trainable parameters it does not optimize: {outside[:5]}")
-        optimizer = build_optimizer(self.trained_modules(), **self.optimizer_cfg)
-        scheduler = build_scheduler(optimizer, **self.scheduler_cfg)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _parameters_to_clip(self):
         # One norm over everything the optimizer updates, as ELECTRA's global clipping (the generator's
