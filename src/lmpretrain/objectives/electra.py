@@ -8,7 +8,9 @@ whether it is the original or a replacement:
 
 Every position gives the discriminator a training signal, where MLM learns from 15% of them, which
 is why ELECTRA reaches a given downstream score with a fraction of MLM's compute, most of all for
-small models (ELECTRA-Small: GLUE 79.9 vs BERT-Small's 75.1 at the same compute).
+small models (ELECTRA-Small: GLUE 79.9 vs BERT-Small's 75.1 at the same compute), over 10^5-10^6
+steps. At 2,000 CPU steps it does not pay here: the generator is still on the unigram plateau and
+the discriminator barely past the base rate (README, "ELECTRA").
 
 Choices, after the paper and its released code:
 - the generator is the discriminator's depth at `generator.size` of its width (1/4, the paper's
