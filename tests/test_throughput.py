@@ -150,3 +150,13 @@ def test_a_module_that_counts_per_batch_is_counted_per_batch():
     (m,) = logged
     # 2 batches x 1e9 x 2 ranks over 2 x 4 x 100 x 2 tokens: 2.5e6 FLOPs per token
     assert m["train/tflops_per_sec"] * 1e12 / m["train/tokens_per_sec"] == pytest.approx(2.5e6)
+
+
+def test_measuring_the_cpu_peak_leaves_the_global_random_state_alone():
+    """The peak is measured once per machine (then cached): drawing its matrices from the global
+    generator gave the first run on a machine other dropout masks than every later run."""
+    from lmpretrain.callbacks.throughput import measured_cpu_peak_flops
+
+    before = torch.get_rng_state()
+    assert measured_cpu_peak_flops.__wrapped__(n=64, seconds=0.01) > 0
+    assert torch.equal(before, torch.get_rng_state())

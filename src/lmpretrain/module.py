@@ -90,6 +90,7 @@ class LMModule(L.LightningModule):
         self.runtime = RuntimeOptions()
         self._model_configured = False
         self._clip_params: tuple[list[torch.nn.Parameter], bool] | None = None  # see _parameters_to_clip
+        self._resumed_rng: dict | None = None  # see on_train_batch_start
 
     def connect(self, tokenizer_json: str | None = None, runtime: RuntimeOptions | None = None) -> None:
         """Hand the module its tokenizer and runtime options (see the class docstring); a subclass
@@ -197,6 +198,23 @@ class LMModule(L.LightningModule):
         checkpoint["tokenizer_json"] = self.tokenizer_json
         # Which class to rebuild: `python -m lmpretrain.evaluate` loads any checkpoint by it.
         checkpoint["lmpretrain_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        # The global generator that dropout draws from (tensors: loadable with weights_only=True).
+        # Every rank seeds it alike (seed_everything), so rank 0's state serves them all.
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
+                                    **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_initialized() else {})}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.connect(tokenizer_json=checkpoint.get("tokenizer_json"))
+        self._resumed_rng = checkpoint.get("rng_states")
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """A resumed run sets the random state the checkpoint was saved with just before its first step,
+        not when it loads: creating the dataloader iterators and the sanity check draw from the
+        generator in between, which the uninterrupted run did not. So a model with dropout resumes to
+        the losses of the uninterrupted run (it drew other dropout masks before)."""
+        if self._resumed_rng is None:
+            return
+        torch.set_rng_state(self._resumed_rng["torch"])
+        if "cuda" in self._resumed_rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self._resumed_rng["cuda"])
+        self._resumed_rng = None

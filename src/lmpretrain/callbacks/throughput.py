@@ -45,7 +45,10 @@ PEAK_FLOPS = {
 def measured_cpu_peak_flops(dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.3) -> float:
     """The best FLOP/s of an n x n matmul on this CPU (all threads): the practical peak, since a
     datasheet figure says nothing about the BLAS, the cores we get, or AVX-512/AMX being present."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    # A generator of its own: drawing from the global one shifted the dropout masks of a run whose
+    # cache was cold (the first run on a machine) against the same run with the peak cached.
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, dtype=dtype, generator=gen), torch.randn(n, n, dtype=dtype, generator=gen)
     a @ b  # warm-up: thread pool, page faults
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
