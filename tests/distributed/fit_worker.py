@@ -42,10 +42,25 @@ def main() -> None:
     rec = GlobalLoss()
     trainer.callbacks.append(rec)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    sharded = [type(p).__name__ for p in module.network.parameters()]
+    spread = replica_spread(module) if set(sharded) == {"Parameter"} else None  # a collective: every rank
     if trainer.global_rank == 0:
-        sharded = [type(p).__name__ for p in module.network.parameters()]
         out.write_text(json.dumps({"loss": rec.loss, "val": rec.val, "world_size": trainer.world_size,
-                                   "accumulate": trainer.accumulate_grad_batches, "param_types": sorted(set(sharded))}))
+                                   "accumulate": trainer.accumulate_grad_batches, "param_types": sorted(set(sharded)),
+                                   "replica_spread": spread}))
+
+
+def replica_spread(module) -> float:
+    """The largest difference between ranks of a fingerprint of every weight the optimizer trains (the
+    network and whatever `trained_modules` adds, e.g. ELECTRA's generator): 0 when the replicas agree."""
+    flat = torch.cat([p.detach().float().flatten() for p in module.trained_modules().parameters()])
+    fingerprint = torch.stack([flat.sum(), flat.square().sum(), (flat * torch.linspace(0, 1, len(flat))).sum()])
+    if not torch.distributed.is_initialized():
+        return 0.0
+    high, low = fingerprint.clone(), fingerprint.clone()
+    torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+    return float((high - low).abs().max())
 
 
 if __name__ == "__main__":

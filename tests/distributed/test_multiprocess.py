@@ -174,6 +174,16 @@ def test_masked_lm_sharded_and_tensor_parallel(tmp_path):
     assert one["loss"] != ddp["loss"]  # data-parallel ranks draw their own masks
 
 
+def test_electra_under_ddp_keeps_the_generator_replicas_equal(tmp_path):
+    """ELECTRA trains a generator and a detection head outside the network: DDP must average their
+    gradients too, or the ranks' generators drift apart (and with them the replacements)."""
+    electra = ["experiment=electra_tiny", *MLM[1:]]
+    ddp = run(tmp_path / "ddp.json", "data.batch_size=4", "trainer.devices=2", "strategy=ddp", common=electra)
+    assert ddp["param_types"] == ["Parameter"] and ddp["world_size"] == 2
+    assert sorted(ddp["loss"]) == list(range(1, 7))
+    assert ddp["replica_spread"] == 0.0
+
+
 @pytest.mark.slow
 def test_fsdp_check_bench_matches_plain_and_resumes_exactly_on_cpu():
     """bench/fsdp_check.py, the GPU check of FSDP2 (README "On a GPU"), on CPU with gloo: one process
