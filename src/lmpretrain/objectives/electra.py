@@ -165,16 +165,13 @@ class ElectraLoss(Loss):
         return gen + disc
 
     def _losses(self, network: Encoder, batch: dict, seed: int) -> dict:
-        masked, labels = self.masker.corrupt(batch, seed)
+        scored = self.masker.maskable(batch)  # what the discriminator is scored on: every real, non-special token
+        masked, labels = self.masker.corrupt(batch, seed, scored)
         attention, segments = batch.get("attention_mask"), batch.get("token_type_ids")
         selected = labels != -100
         gen_logits = self.generator.logits(network, self.generator.features(network, masked, attention, segments)[selected])
         targets = labels[selected]
         ids = batch["input_ids"]
-        special = self.masker.special.to(ids.device)
-        scored = ~special[ids.clamp(max=len(special) - 1)] & (ids < len(special))  # what the discriminator is scored on
-        if attention is not None:
-            scored &= attention.bool()
         if len(targets):
             log_probs = F.log_softmax(gen_logits.float(), dim=-1)  # once, for the loss and the sampling
             mlm = F.nll_loss(log_probs, targets)

@@ -169,15 +169,23 @@ class MaskedLMLoss(Loss):
         self.register_buffer("random_ids", torch.nonzero(~special).flatten(), persistent=False)
         self.register_buffer("word_start", word_start_table(tok), persistent=False)
 
-    def corrupt(self, batch: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def maskable(self, batch: dict) -> torch.Tensor:
+        """(B, T) bool: the real, non-special tokens. Ids past the tokenizer's vocabulary (a
+        model.vocab_size padded up) count as special."""
+        ids = batch["input_ids"]
+        special = self.special.to(ids.device)
+        maskable = ~special[ids.clamp(max=len(special) - 1)] & (ids < len(special))
+        if "attention_mask" in batch:
+            maskable &= batch["attention_mask"].bool()
+        return maskable
+
+    def corrupt(self, batch: dict, seed: int, maskable: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(corrupted inputs, labels) of `batch`; `maskable`: `self.maskable(batch)` if the caller has it."""
         if self.mask_id is None:
             raise RuntimeError("the module has no tokenizer yet; call module.connect(tokenizer_json=...) first")
         ids = batch["input_ids"]
         special = self.special.to(ids.device)
-        # Ids past the tokenizer's vocabulary (a model.vocab_size padded up) count as special.
-        maskable = ~special[ids.clamp(max=len(special) - 1)] & (ids < len(special))
-        if "attention_mask" in batch:
-            maskable &= batch["attention_mask"].bool()
+        maskable = self.maskable(batch) if maskable is None else maskable
         starts = self.word_start.to(ids.device)[ids.clamp(max=len(special) - 1)] if self.cfg.whole_word else None
         return mask_tokens(ids, maskable, self.mask_id, self.random_ids.to(ids.device), self.cfg,
                            torch_generator(seed, ids.device), starts)
