@@ -154,16 +154,22 @@ class LMModule(L.LightningModule):
             self.log("train/grad_norm", norm.detach().float().to(self.device))
 
     def _parameters_to_clip(self) -> tuple[list[torch.nn.Parameter], bool]:
-        """The network's parameters and whether any is a DTensor, listed once per fit: walking the
-        module tree every step cost ~1 ms of a ~50 ms CPU step. Listed at the first clipping, after
-        `configure_model` sharded the network; `on_train_start` forgets the list of an earlier fit."""
+        """The parameters of `clipped_modules()` and whether any is a DTensor, listed once per fit:
+        walking the module tree every step cost ~1 ms of a ~50 ms CPU step. Listed at the first
+        clipping, after `configure_model` sharded the network; `on_train_start` forgets the list of an
+        earlier fit."""
         if self._clip_params is None:
-            params = list(self.network.parameters())
+            params = list(self.clipped_modules().parameters())
             self._clip_params = params, any(type(p).__name__ == "DTensor" for p in params)
         return self._clip_params
 
     def on_train_start(self) -> None:
         self._clip_params = None
+
+    def clipped_modules(self) -> torch.nn.Module:
+        """What the one gradient norm (clipping, `train/grad_norm`) covers: the network. ELECTRA widens
+        it to everything it trains; distillation clips its projections apart from it."""
+        return self.network
 
     def trained_modules(self) -> torch.nn.Module:
         """What the optimizer updates: the network (heads included), which DDP/FSDP wrap and checkpoints

@@ -204,6 +204,9 @@ def test_distill_run_keeps_the_teacher_frozen_and_out_of_the_student_checkpoint(
     # the learned projections (32 -> 96 per mapped layer: uniform map 1->1, 2->3) trained with the student
     assert module.distill.pairs == [(1, 1), (2, 3)]
     assert [tuple(m.weight.shape) for m in module.distill.projection.maps] == [(96, 32)] * 2
+    # the gradient norm that clipping and train/grad_norm use is the student's alone (the projections
+    # are clipped on their own), so it compares with a run without a teacher
+    assert {id(p) for p in module._parameters_to_clip()[0]} == {id(p) for p in module.network.parameters()}
     # the student checkpoint: student network + projections, nothing of the teacher
     ckpt_path = tmp_path / "checkpoints" / "last.ckpt"
     ckpt = read_checkpoint(ckpt_path, "ckpt")

@@ -110,21 +110,30 @@ class DetectionHead(nn.Module):
         return self.out(self.act(self.dense(h))).squeeze(-1)
 
 
-def sample_tokens(log_probs: torch.Tensor, banned: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def last_allowed_id(banned: torch.Tensor, vocab_size: int) -> int:
+    """The largest id of a vocabulary of `vocab_size` that the index tensor `banned` leaves in."""
+    allowed = torch.ones(vocab_size, dtype=torch.bool, device=banned.device)
+    allowed[banned] = False
+    return int(torch.nonzero(allowed).max())
+
+
+def sample_tokens(log_probs: torch.Tensor, banned: torch.Tensor, generator: torch.Generator,
+                  last_allowed: int | None = None) -> torch.Tensor:
     """One token per row of log_probs (N, V) drawn from its distribution with the `banned` ids (an
     index tensor) left out, by the inverse of the cumulative distribution with one uniform number
-    per row from `generator` (seeded per step). Gumbel-max needs a uniform number and two logarithms
-    per vocabulary entry (274 ms a step for 614 x 16k on one CPU thread); this is an exp and a
-    cumulative sum over the log-softmax the generator's loss computes anyway."""
+    per row from `generator` (seeded per step). `last_allowed` is `last_allowed_id(banned, V)`,
+    which a caller that samples every step computes once. Gumbel-max needs a uniform number and two
+    logarithms per vocabulary entry (274 ms a step for 614 x 16k on one CPU thread); this is an exp
+    and a cumulative sum over the log-softmax the generator's loss computes anyway."""
     probs = log_probs.detach().float().exp()
     probs[:, banned] = 0.0
     cdf = probs.cumsum(dim=-1)
     u = torch.rand((len(probs), 1), generator=generator, device=probs.device) * cdf[:, -1:]
     # right=True: the first entry whose cumulative mass exceeds u, which has mass of its own, so a
     # banned (zero-mass) token is never chosen; the clamp covers u rounded up to the total.
-    allowed = torch.ones(probs.shape[-1], dtype=torch.bool, device=probs.device)
-    allowed[banned] = False
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=int(torch.nonzero(allowed).max()))
+    if last_allowed is None:
+        last_allowed = last_allowed_id(banned, probs.shape[-1])
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=last_allowed)
 
 
 class ElectraLoss(Loss):
@@ -149,6 +158,7 @@ class ElectraLoss(Loss):
         special = self.masker.special
         banned = torch.cat([torch.nonzero(special).flatten(), torch.arange(len(special), self.generator.bias.numel())])
         self.register_buffer("banned", banned, persistent=False)
+        self.last_allowed = last_allowed_id(banned, self.generator.bias.numel())
 
     def trained_modules(self) -> list[nn.Module]:
         return [self.generator, self.head]
@@ -175,7 +185,8 @@ class ElectraLoss(Loss):
         if len(targets):
             log_probs = F.log_softmax(gen_logits.float(), dim=-1)  # once, for the loss and the sampling
             mlm = F.nll_loss(log_probs, targets)
-            sampled = sample_tokens(log_probs, self.banned, torch_generator(derive_seed(seed, 1), ids.device))
+            sampled = sample_tokens(log_probs, self.banned, torch_generator(derive_seed(seed, 1), ids.device),
+                                    self.last_allowed)
             replaced_ids = ids.masked_scatter(selected, sampled)
         else:
             mlm, replaced_ids = gen_logits.sum() * 0.0, ids
@@ -232,16 +243,13 @@ class ElectraModule(PretrainModule):
         """What the optimizer updates and clipping sees: the network, the generator, the detection head."""
         return nn.ModuleList([self.network, *self.electra.trained_modules()])
 
+    def clipped_modules(self) -> nn.ModuleList:
+        # One norm over everything the optimizer updates, as ELECTRA's global clipping (the generator's
+        # gradients, 50x smaller weight in the loss, would otherwise escape the clip).
+        return self.trained_modules()
+
     def configure_model(self) -> None:
         if self._trainer is not None and getattr(self.trainer.strategy, "shard", None) is not None:
             raise ConfigError("objective=electra does not run under a sharded strategy (FSDP2 / tensor parallel): "
                               "its generator reads the network's embeddings outside the network; use strategy=ddp")
         super().configure_model()
-
-    def _parameters_to_clip(self):
-        # One norm over everything the optimizer updates, as ELECTRA's global clipping (the generator's
-        # gradients, 50x smaller weight in the loss, would otherwise escape the clip).
-        if self._clip_params is None:
-            self._clip_params = list(self.trained_modules().parameters()), False
-        return self._clip_params
-
