@@ -1,4 +1,5 @@
-"""Every command the README shows is run by a test, so the README cannot drift from the code.
+"""Every command the README (and bench/RESULTS.md, its measurement log) shows is run by a test, so
+the README cannot drift from the code.
 
 `python -m lmpretrain.<entry>` commands are run here, in order, shortened (`debug=fast`, short
 suites) with the placeholders (`<...>/last.ckpt`, `logs/train/<date>/<time>`) replaced by what the
@@ -20,6 +21,7 @@ from conftest import SHAKESPEARE, make_cfg
 from lmpretrain.paths import repo_root
 
 README = repo_root() / "README.md"
+DOCS = (README, repo_root() / "bench" / "RESULTS.md")  # in this order: RESULTS' commands use the README's runs
 ENTRIES = ("train", "finetune", "evaluate", "generate", "inspect", "plot")
 
 # Commands that other tests run (pattern -> "tests/file.py::test" that runs it) or that cannot
@@ -49,8 +51,9 @@ ELSEWHERE = {
 
 
 def readme_commands() -> list[str]:
-    """Shell commands of the README: lines of fenced blocks, and inline code that starts like one."""
-    text = README.read_text()
+    """Shell commands of the README and RESULTS.md: lines of fenced blocks, and inline code that starts
+    like one."""
+    text = "\n".join(doc.read_text() for doc in DOCS)
     commands = []
     for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.DOTALL):
         for line in block.splitlines():
