@@ -7,12 +7,22 @@ csv + wandb offline loggers, checkpoints, validation every 250 steps over the wh
 split), and (b) `bench/everyday.py --bare`: one file in nanoGPT's style with the same model
 (`lmpretrain.models.GPT`, 4 x 4 x 128, context 64, batch 12), AdamW, warmup + cosine schedule and
 gradient clipping; it reads tiny-shakespeare into memory, samples random windows like nanoGPT,
-evaluates the whole validation split every 250 steps with the same batch (128 blocks) and saves a checkpoint
+evaluates the whole validation split every 250 steps with the same batch (32 blocks) and saves a checkpoint
 after each evaluation. Runs alternate (a, b, a, b, ...); per run: wall time of the whole command,
 peak RSS (the process's maxrss), steady-state training tokens/s (median over the run's logging
 windows), and the wall time of a 1-step run (start-up: imports, data, model, first step, exit).
 Prints each figure and lmpretrain / bare. Run it from the environment a user trains in
 (`pip install -e .`): it says whether optional packages that slow every start are installed.
+
+`--nanogpt PATH` adds (c), nanoGPT itself: PATH is a clone of https://github.com/karpathy/nanoGPT
+(nothing of it is in this repository). Its `train.py`, `model.py`, `configurator.py`, the
+shakespeare_char config and data script are copied into a scratch folder (the clone is left as it
+is), `prepare.py` runs there on tiny-shakespeare from the data root, and its README's CPU command runs
+cut to `--steps` iterations (`--device=cpu --compile=False --eval_iters=20 --log_interval=1
+--block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --dropout=0.0`): the run issue 13
+measured. Its tokens/s is the median over 10-iteration windows of the times it prints, the
+evaluation iterations left out (as for (a) and (b)); its val/loss is nanoGPT's own estimate from 20
+random batches, not the whole split.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import csv
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -32,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bare(steps: int, out: Path, eval_interval: int = 250, eval_batch: int = 128) -> None:
+def bare(steps: int, out: Path, eval_interval: int = 250, eval_batch: int = 32) -> None:
     """The minimal script (b). Prints one JSON line with its median tokens/s."""
     import torch
     import torch.nn.functional as F
@@ -102,6 +113,61 @@ def bare(steps: int, out: Path, eval_interval: int = 250, eval_batch: int = 128)
                       "first_step_s": first_step}))
 
 
+NANOGPT_FILES = ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py",
+                 "data/shakespeare_char/prepare.py")
+NANOGPT_CPU = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
+               "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0"]
+
+
+def nanogpt_copy(clone: Path, work: Path) -> Path:
+    """nanoGPT's files in `work/nanogpt` with tiny-shakespeare prepared as its README says."""
+    import shutil
+
+    sys.path.insert(0, str(REPO / "src"))
+    from lmpretrain.paths import data_root
+
+    folder = work / "nanogpt"
+    for name in NANOGPT_FILES:
+        if not (clone / name).is_file():
+            raise SystemExit(f"error: --nanogpt {clone} has no {name}; "
+                             "give a clone of https://github.com/karpathy/nanoGPT")
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(clone / name, folder / name)
+    shutil.copy(data_root() / "tinyshakespeare.txt", folder / "data" / "shakespeare_char" / "input.txt")  # no download
+    run([sys.executable, "data/shakespeare_char/prepare.py"], folder)
+    return folder
+
+
+def nanogpt_rates(text: str, tokens_per_iter: int = 12 * 64) -> list[float]:
+    """Tokens/s of each 10-iteration window of nanoGPT's output (`iter N: loss L, time Tms, ...`),
+    windows restarted at each evaluation (`step N: train loss ...`: its time falls in the iteration
+    that runs it) and at iteration 0, as the bare loop restarts its window after evaluating."""
+    iters = re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", text, re.MULTILINE)
+    times = {int(it): float(ms) for it, ms in iters}
+    evals = {int(m) for m in re.findall(r"^step (\d+): train loss", text, re.MULTILINE)}
+    rates, window = [], []
+    for it in sorted(times):
+        if it in evals or it == 0:
+            window = []
+            continue
+        window.append(times[it])
+        if len(window) == 10:
+            rates.append(10 * tokens_per_iter / (sum(window) / 1000))
+            window = []
+    return rates
+
+
+def nanogpt(steps: int, work: Path, folder: Path) -> dict:
+    out = work / f"nanogpt_out_{time.time_ns()}"
+    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_CPU, f"--max_iters={steps}",
+           f"--lr_decay_iters={steps}", f"--out_dir={out}"]
+    wall, rss, text = run(cmd, folder)
+    rates = nanogpt_rates(text)
+    val = re.findall(r"val loss ([\d.]+)", text)
+    return {"wall_s": wall, "rss_mb": rss, "tokens_per_sec": statistics.median(rates) if rates else None,
+            "val_loss": float(val[-1]) if val else None, "first_step_s": None}
+
+
 def run(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (MB) of the command's process, its stdout."""
     start = time.perf_counter()
@@ -139,10 +205,18 @@ def theirs(steps: int, work: Path) -> dict:
             "first_step_s": result["first_step_s"]}
 
 
+def ratio(a: float, b: float) -> str:
+    """a / b, or "-" where a run had no figure (e.g. no complete 10-step window in a short run)."""
+    return f"{a / b:.2f}" if b and math.isfinite(a) and math.isfinite(b) else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--nanogpt", type=Path, help="a clone of karpathy/nanoGPT: run its train.py too (c)")
+    parser.add_argument("--results", type=Path, default=REPO / "logs" / "bench_everyday" / "results.json",
+                        help="where the runs' figures are written (JSON)")
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -157,29 +231,38 @@ def main() -> None:
     print(f"installed, imported by torchmetrics at every start: {', '.join(extras) or 'none (a plain install)'}",
           flush=True)
     results: dict[str, list[dict]] = {"lmpretrain": [], "bare": [], "lmpretrain_1step": [], "bare_1step": []}
+    if args.nanogpt:
+        results["nanogpt"] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        clone = nanogpt_copy(args.nanogpt.expanduser().resolve(), work) if args.nanogpt else None
         for r in range(args.repeats):
             for name, fn in (("lmpretrain", ours), ("bare", theirs)):
                 results[name].append(fn(args.steps, work))
                 results[f"{name}_1step"].append(fn(1, work))
                 print(f"run {r + 1} {name}: {results[name][-1]}; 1 step: {results[f'{name}_1step'][-1]['wall_s']:.1f} s",
                       flush=True)
+            if clone is not None:
+                results["nanogpt"].append(nanogpt(args.steps, work, clone))
+                print(f"run {r + 1} nanogpt: {results['nanogpt'][-1]}", flush=True)
     best = {k: {"wall_s": min(x["wall_s"] for x in v), "rss_mb": min(x["rss_mb"] for x in v),
                 "tokens_per_sec": max(x["tokens_per_sec"] or 0 for x in v), "val_loss": v[-1]["val_loss"] or math.nan,
                 "first_step_s": min(x["first_step_s"] or math.inf for x in v)}
             for k, v in results.items()}
     print(f"\n{args.steps} steps, best of {args.repeats} alternating runs")
-    print(f"{'':28s}{'lmpretrain':>12s}{'bare':>12s}{'ratio':>8s}")
+    others = ["bare", "nanogpt"] if args.nanogpt else ["bare"]
+    print(f"{'':28s}{'lmpretrain':>12s}" + "".join(f"{o:>12s}{'ratio':>8s}" for o in others))
     for key, label in [("tokens_per_sec", "training tokens/s (median)"), ("wall_s", "wall time of the run (s)"),
                        ("rss_mb", "peak RSS (MB)"), ("val_loss", "final val/loss")]:
-        a, b = best["lmpretrain"][key], best["bare"][key]
-        print(f"{label:28s}{a:12.1f}{b:12.1f}{a / b:8.2f}")
+        a = best["lmpretrain"][key]
+        print(f"{label:28s}{a:12.1f}" + "".join(f"{best[o][key]:12.1f}{ratio(a, best[o][key]):>8s}" for o in others))
+    if args.nanogpt:
+        print("(nanoGPT's val/loss is its estimate from 20 random batches; the others score the whole split)")
     for key, label in [("first_step_s", "command to first step (s)"), ("wall_s", "a 1-step run (s)")]:
         a, b = best["lmpretrain_1step"][key], best["bare_1step"][key]
-        print(f"{label:28s}{a:12.1f}{b:12.1f}{a / b:8.2f}")
-    (REPO / "logs" / "bench_everyday").mkdir(parents=True, exist_ok=True)
-    (REPO / "logs" / "bench_everyday" / "results.json").write_text(json.dumps({"runs": results, "best": best}, indent=1))
+        print(f"{label:28s}{a:12.1f}{b:12.1f}{ratio(a, b):>8s}")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps({"runs": results, "best": best}, indent=1))
 
 
 if __name__ == "__main__":
