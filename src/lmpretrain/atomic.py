@@ -10,17 +10,19 @@ Temp files are named `.<name>.<pid>.lmpretrain-tmp`; a killed writer leaves one 
 `remove_orphans(folder)` (called when the next run starts) removes those of dead processes, never
 any other file.
 
-Neutral ground: free of anything Lightning, torch or prepare-specific, so every writer (shards,
+Neutral ground: free of anything Lightning or prepare-specific (torch only inside `atomic_torch_save`), so every writer (shards,
 manifests, reports, tokenizers, checkpoints) uses it.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from lmpretrain.errors import LMPretrainError
 
@@ -107,15 +109,52 @@ def atomic_create(path: Path, write: Callable[[Path], None]) -> bool:
     return _publish(path, write, _link_if_absent)
 
 
-def write_bytes(path: Path, data: bytes | memoryview, chunk: int = 1 << 24) -> None:
-    """Write `data` to `path` in chunks (an error such as ENOSPC surfaces as an OSError)."""
-    view = memoryview(data)
+class _FdWriter(io.RawIOBase):
+    """A raw, write-only file on an open descriptor. Every write goes out through `os.write` in a loop
+    (short writes resumed; ENOSPC surfaces as an OSError), looked up at each call so that tests can
+    fail it."""
+
+    def __init__(self, fd: int, chunk: int = 1 << 24):
+        super().__init__()
+        self.fd, self.chunk = fd, chunk
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        while view:
+            view = view[os.write(self.fd, view[: self.chunk]):]
+        return size
+
+
+def write_stream(path: Path, fill: Callable[[BinaryIO], None]) -> None:
+    """Create `path` and let fill(f) write it through a buffered binary file: e.g. `torch.save(obj, f)`
+    straight to disk, where serializing into memory first would hold a second copy of a checkpoint."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        while view:
-            view = view[os.write(fd, view[:chunk]):]
+        with io.BufferedWriter(_FdWriter(fd), buffer_size=1 << 20) as f:
+            fill(f)
     finally:
         os.close(fd)
+
+
+def write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write `data` to `path` (an error such as ENOSPC surfaces as an OSError)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _FdWriter(fd).write(data)
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """`torch.save(obj)` to `path` with `atomic_write`'s guarantees, streamed into the temp file (no copy
+    of the checkpoint in memory: a 7B model's would be 14+ GB more host memory at every save)."""
+    import torch  # here: this module stays importable without torch
+
+    atomic_write(path, lambda tmp: write_stream(tmp, lambda f: torch.save(obj, f)))
 
 
 def atomic_write_json(path: Path, obj) -> None:

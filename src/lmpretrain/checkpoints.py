@@ -12,14 +12,13 @@ during a save leaves the previous `last.ckpt` / best checkpoint loadable.
 from __future__ import annotations
 
 import importlib
-import io
 import shutil
 from pathlib import Path
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lmpretrain.atomic import atomic_write, write_bytes
+from lmpretrain.atomic import atomic_torch_save
 from lmpretrain.errors import ConfigError
 
 # Checkpoints written before the module class was recorded: the objective that trains each network.
@@ -111,8 +110,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        buffer = io.BytesIO()  # serialize first: a failing torch.save never touches the folder
-        torch.save(checkpoint, buffer)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_dir():  # an earlier sharded (FSDP) run in this folder saved `last.ckpt` as a folder
@@ -120,7 +117,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 raise ConfigError(f"cannot save {path}: a folder of that name is in the way and it is not a "
                                   f"sharded checkpoint this project wrote; move it or set hydra.run.dir=")
             shutil.rmtree(path)  # ours (written by the sharded save), replaced by this run's file
-        atomic_write(path, lambda tmp: write_bytes(tmp, buffer.getbuffer()))
+        # Streamed into the temp file; a failing torch.save leaves the folder as it was (temp file removed).
+        atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only: bool | None = None) -> dict:
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)

@@ -3,20 +3,19 @@ holds `n` in every element of its tensors, so a reader can tell a whole file fro
 Prints each n once saved.
 
     save_loop.py FOLDER NUMEL plugin   the Trainer's plugin, AtomicCheckpointIO (imports Lightning: slow start)
-    save_loop.py FOLDER NUMEL atomic   the same steps (torch.save to memory, atomic_write) without Lightning
+    save_loop.py FOLDER NUMEL atomic   the same save (atomic_torch_save) without Lightning
     save_loop.py FOLDER NUMEL HOW stall   after the first whole save, write half of the next temp file,
                                           print "mid" and wait to be killed: a kill that lands mid-write
                                           for certain, where a random moment may miss every write
 """
 
-import io
 import os
 import sys
 import time
 
 import torch
 
-from lmpretrain.atomic import atomic_write, write_bytes
+from lmpretrain.atomic import atomic_torch_save
 
 folder, numel, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 stall = sys.argv[4:] == ["stall"]
@@ -25,10 +24,7 @@ if how == "plugin":
 
     save = AtomicCheckpointIO().save_checkpoint
 else:
-    def save(checkpoint, path):
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        atomic_write(path, lambda tmp: write_bytes(tmp, buffer.getbuffer()))
+    save = atomic_torch_save
 n = 0
 while True:
     n += 1
@@ -43,4 +39,4 @@ while True:
             print("mid", flush=True)
             time.sleep(600)
 
-        os.write = write_half_then_wait  # write_bytes looks os.write up at each call
+        os.write = write_half_then_wait  # lmpretrain.atomic looks os.write up at each call

@@ -14,11 +14,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lmpretrain.atomic import atomic_write, atomic_write_json
+from lmpretrain.atomic import atomic_torch_save, atomic_write_json
 from lmpretrain.errors import ConfigError
 from lmpretrain.export.prune import check_prune_args, prune_network, sparsity
 from lmpretrain.export.quantize import quantize_int8, state_dict_bytes
@@ -120,7 +119,7 @@ def save_int8(src: Source, quantized: nn.Module, path: Path) -> None:
     payload = {"format": INT8_FORMAT, "model": {k: v for k, v in src.model.items() if not k.startswith("_")},
                "num_outputs": head[-1].out_features if head is not None else None,
                "state_dict": quantized.state_dict(), "tokenizer_json": src.tokenizer_json}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_torch_save(payload, path)
 
 
 def load_int8(path: str | Path) -> tuple[nn.Module, str | None]:

@@ -202,7 +202,7 @@ def write_checkpoint(src: Source, path: Path, network: torch.nn.Module | None = 
 
     import lightning
 
-    from lmpretrain.atomic import atomic_write
+    from lmpretrain.atomic import atomic_torch_save
     from lmpretrain.checkpoints import DEFAULT_MODULES
 
     if src.tokenizer_json is None:
@@ -226,5 +226,5 @@ def write_checkpoint(src: Source, path: Path, network: torch.nn.Module | None = 
     ckpt = {"state_dict": state, "hyper_parameters": dict(module.hparams),
             "pytorch-lightning_version": lightning.__version__, "tokenizer_json": src.tokenizer_json,
             "lmpretrain_module": module_name}
-    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+    atomic_torch_save(ckpt, path)
     return {"file": path.name, "module": module_name, "left_at_init": src.model.get("_left_at_init", [])}
