@@ -119,11 +119,13 @@ def test_a_wandb_start_that_fails_in_the_background_is_raised_at_the_next_log_ca
 
     monkeypatch.setattr(wandb, "init", init)
     logger = WandbLogger(save_dir=str(tmp_path), project="p")
-    logger.log_hyperparams({"lr": 0.1})  # returns: the run is still starting
+    logger.log_hyperparams({"lr": 0.1})  # kept: nothing starts before the first metrics
+    assert logger._starting is None
+    logger.log_metrics({"train/loss": 1.0}, 1)  # starts wandb.init and returns: the run is still starting
     gate.set()
     logger._starting.join()
     with pytest.raises(wandb.errors.CommError, match="could not reach"):
-        logger.log_metrics({"train/loss": 1.0}, 1)
+        logger.log_metrics({"train/loss": 0.5}, 2)
 
 
 def test_the_first_training_step_does_not_wait_for_wandb(tmp_path, monkeypatch):
@@ -161,6 +163,27 @@ def test_the_first_training_step_does_not_wait_for_wandb(tmp_path, monkeypatch):
     assert b"val/loss" in record.read_bytes() and b"max_steps" in record.read_bytes()
 
 
+def test_wandb_starts_after_the_first_optimizer_step(tmp_path, monkeypatch):
+    """Nothing of wandb runs beside the set-up and the first step: wandb.init is called once the first
+    metrics are logged (here after step 1, debug=fast logging every step), in the background thread."""
+    import threading
+
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    real_init, calls = wandb.init, []
+
+    def init(**kw):
+        calls.append((trainer.global_step, threading.current_thread().name))
+        return real_init(**kw)
+
+    monkeypatch.setattr(wandb, "init", init)
+    cfg = make_cfg(tmp_path, [*FAST, "logger=[csv,wandb]"])
+    datamodule, module, trainer = build(cfg)
+    fit_run(cfg, (datamodule, module, trainer))
+    assert len(calls) == 1 and calls[0][0] >= 1 and calls[0][1] == "wandb-init", calls
+
+
 def test_experiment_waits_for_a_starting_run_only_where_wandb_must_come_first(tmp_path, monkeypatch):
     """While wandb.init runs, `.experiment` is a stand-in (reading it does not wait; using it does),
     except with sync_tensorboard, where wandb must be up before Lightning's setup creates TensorBoard
@@ -177,7 +200,7 @@ def test_experiment_waits_for_a_starting_run_only_where_wandb_must_come_first(tm
         run = SimpleNamespace(config=SimpleNamespace(update=lambda *a, **k: None), id="x")
         monkeypatch.setattr(wandb, "init", lambda gate=gate, run=run, **kw: gate.wait(60) and run)
         logger = WandbLogger(save_dir=str(tmp_path), project="p", **({"sync_tensorboard": True} if sync else {}))
-        logger.log_hyperparams({"lr": 0.1})  # starts wandb.init, held by the gate
+        logger.log_hyperparams({"lr": 0.1})  # a run is due (started by using it, held by the gate)
         threading.Timer(2.0, gate.set).start()
         experiment = logger.experiment
         if sync:

@@ -20,7 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
-from lmpretrain import run
+from lmpretrain import run, startup
 from lmpretrain.atomic import atomic_write, atomic_write_json
 from lmpretrain.checkpoints import load_module
 from lmpretrain.config import CONF_DIR, to_dict
@@ -126,6 +126,7 @@ def write_report(results: dict[str, dict[str, float]], out: Path) -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    startup.freeze_imports()  # every import is done by now
     evaluate(cfg)
     print((Path(cfg.paths.output_dir) / "report.md").read_text())
 

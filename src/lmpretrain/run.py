@@ -29,6 +29,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tokenizers import Tokenizer
 
+from lmpretrain import startup
 from lmpretrain.atomic import remove_orphans
 from lmpretrain.callbacks.console import quiet_third_party
 from lmpretrain.callbacks.wandb_run import KEY as WANDB_RUN_ID
@@ -242,6 +243,7 @@ def main(run: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> floa
     sweeper, which records that job as failed and goes on with the next."""
 
     def report(cfg: DictConfig) -> float | None:
+        startup.freeze_imports()  # every import is done by now
         if missing := OmegaConf.missing_keys(cfg):  # before any work (a tokenizer trained in vain)
             raise missing_values_error(missing)
         metrics = run(cfg)
