@@ -10,8 +10,9 @@ final collections walk them once more (~0.8 s). So:
 - `lmpretrain/__init__.py` calls `pause_if_program()` first thing: the collector is off when the
   process is one of these programs (`python -m lmpretrain.train`, `lmp-train`, ...) and nothing else:
   importing lmpretrain from a script, a notebook or a test leaves the collector alone.
-- `freeze_imports()`, at the start of the program's body (every import done), moves every object
-  that exists into the permanent generation (`gc.freeze()`, Python's tool for this), turns the
+- `freeze_imports()`, at the start of the program's body (every import done), runs one full
+  collection (the garbage of composing the config) and moves every object that is left into the
+  permanent generation (`gc.freeze()`, Python's tool for this), turns the
   collector back on for what the run creates, and has the exit freeze again so the interpreter's
   last collections walk only what is left. Objects created during the run are collected as usual.
 """
@@ -60,6 +61,10 @@ def freeze_imports() -> None:
     second call (the next job of a Hydra multirun), so a finished job's objects stay collectable."""
     if not _state["paused"] or _state["frozen"]:
         return
+    # One full collection first: composing the config (Hydra composes it twice) leaves OmegaConf
+    # nodes in reference cycles (each points to its parent) that only the collector frees; frozen,
+    # they would stay for good (+12 MB peak RSS in shakespeare_char).
+    gc.collect()
     gc.freeze()
     gc.enable()
     atexit.register(_freeze_for_exit)  # registered early: runs after the handlers of wandb, logging, ...
