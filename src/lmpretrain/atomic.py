@@ -10,8 +10,8 @@ Temp files are named `.<name>.<pid>.lmpretrain-tmp`; a killed writer leaves one 
 `remove_orphans(folder)` (called when the next run starts) removes those of dead processes, never
 any other file.
 
-Neutral ground: free of anything Lightning or prepare-specific (torch only inside `atomic_torch_save`), so every writer (shards,
-manifests, reports, tokenizers, checkpoints) uses it.
+Neutral ground: free of anything Lightning or prepare-specific (torch only inside
+`atomic_torch_save`), so every writer (shards, manifests, reports, tokenizers, checkpoints) uses it.
 """
 
 from __future__ import annotations
@@ -136,15 +136,6 @@ def write_stream(path: Path, fill: Callable[[BinaryIO], None]) -> None:
     try:
         with io.BufferedWriter(_FdWriter(fd), buffer_size=1 << 20) as f:
             fill(f)
-    finally:
-        os.close(fd)
-
-
-def write_bytes(path: Path, data: bytes | memoryview) -> None:
-    """Write `data` to `path` (an error such as ENOSPC surfaces as an OSError)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _FdWriter(fd).write(data)
     finally:
         os.close(fd)
 

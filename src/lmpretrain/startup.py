@@ -11,10 +11,10 @@ final collections walk them once more (~0.8 s). So:
   process is one of these programs (`python -m lmpretrain.train`, `lmp-train`, ...) and nothing else:
   importing lmpretrain from a script, a notebook or a test leaves the collector alone.
 - `freeze_imports()`, at the start of the program's body (every import done), runs one full
-  collection (the garbage of composing the config) and moves every object that is left into the
-  permanent generation (`gc.freeze()`, Python's tool for this), turns the
-  collector back on for what the run creates, and has the exit freeze again so the interpreter's
-  last collections walk only what is left. Objects created during the run are collected as usual.
+  collection (the garbage of composing the config), moves every object that is left into the
+  permanent generation (`gc.freeze()`, Python's tool for this), turns the collector back on for
+  what the run creates, and has the exit freeze again so the interpreter's last collections walk
+  only what is left. Objects created during the run are collected as usual.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def is_program(orig_argv: list[str], argv0: str) -> bool:
 
 
 def pause_if_program() -> None:
-    if not _state["paused"] and gc.isenabled() and is_program(getattr(sys, "orig_argv", []), sys.argv[0]):
+    argv0 = (getattr(sys, "argv", None) or [""])[0]  # an embedding interpreter may set no argv
+    if not _state["paused"] and gc.isenabled() and is_program(getattr(sys, "orig_argv", []), argv0):
         gc.disable()
         _state["paused"] = True
 
@@ -56,8 +57,8 @@ def _freeze_for_exit() -> None:
 
 
 def freeze_imports() -> None:
-    """Once per process, where pause_if_program() paused the collector: freeze what exists, collect
-    again from here on, and freeze once more at exit. A no-op elsewhere (tests, notebooks), and on a
+    """Once per process, where pause_if_program() paused the collector: collect once, freeze what is
+    left, collect again from here on, and freeze once more at exit. A no-op elsewhere (tests, notebooks), and on a
     second call (the next job of a Hydra multirun), so a finished job's objects stay collectable."""
     if not _state["paused"] or _state["frozen"]:
         return
