@@ -5,7 +5,7 @@
 (a) `python -m lmpretrain.train experiment=shakespeare_char trainer.max_steps=N` (its defaults:
 csv + wandb offline loggers, checkpoints, validation every 250 steps over the whole validation
 split), and (b) `bench/everyday.py --bare`: one file in nanoGPT's style with the same model
-(`lmpretrain.models.GPT`, 4 x 4 x 128, context 64, batch 12), AdamW, warmup + cosine schedule and
+(`lmpretrain.models.GPT`, 4 x 4 x 128, context 64, batch 12, no biases as in nanoGPT), AdamW, warmup + cosine schedule and
 gradient clipping; it reads tiny-shakespeare into memory, samples random windows like nanoGPT,
 evaluates the whole validation split every 250 steps with the same batch (32 blocks) and saves a checkpoint
 after each evaluation. Runs alternate (a, b, a, b, ...); per run: wall time of the whole command,
@@ -61,7 +61,8 @@ def bare(steps: int, out: Path, eval_interval: int = 250, eval_batch: int = 32) 
     n = int(0.9 * len(data))
     train, val = data[:n], data[n:]
     block, batch = 64, 12
-    model = GPT(GPTConfig(vocab_size=len(chars), block_size=block, n_layer=4, n_head=4, n_embd=128, dropout=0.0))
+    model = GPT(GPTConfig(vocab_size=len(chars), block_size=block, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
+                          bias=False))  # nanoGPT's train.py: bias = False
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],

@@ -2,6 +2,6 @@
 
 from lmpretrain import startup as _startup
 
-_startup.pause_if_program()  # before anything heavy is imported: lmpretrain.startup says why
+_startup.configure_if_program()  # before anything heavy is imported: lmpretrain.startup says why
 
 __version__ = "0.1.0"
